@@ -1,0 +1,1 @@
+//! Butterfly control plane (issue 7).

@@ -1,0 +1,257 @@
+//! Bursts: up to [`BURST_SIZE`] packets moved together from brick to brick.
+
+use arrayvec::ArrayVec;
+
+use crate::packet::Packet;
+
+/// Most packets in one burst (64, as in packetgraph and DPDK's usual burst size).
+pub const BURST_SIZE: usize = 64;
+
+/// Up to 64 packet handles. Moving a burst moves handles, never packet bytes.
+///
+/// Dropping a burst returns all its frames to their pools with one lock per pool
+/// (not one per packet).
+#[derive(Default)]
+pub struct Burst {
+    pkts: ArrayVec<Packet, BURST_SIZE>,
+}
+
+impl Burst {
+    /// An empty burst.
+    #[inline]
+    pub fn new() -> Burst {
+        Burst {
+            pkts: ArrayVec::new(),
+        }
+    }
+
+    /// Number of packets (0 ..= 64).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.pkts.len()
+    }
+
+    /// True when the burst holds no packet.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.pkts.is_empty()
+    }
+
+    /// True when the burst holds 64 packets.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.pkts.is_full()
+    }
+
+    /// Adds a packet; gives it back when the burst is full.
+    ///
+    /// # Errors
+    /// The packet itself, when the burst already holds 64 packets.
+    #[inline]
+    pub fn push(&mut self, p: Packet) -> Result<(), Packet> {
+        self.pkts.try_push(p).map_err(|e| e.element())
+    }
+
+    /// Removes and returns the last packet.
+    #[inline]
+    pub fn pop(&mut self) -> Option<Packet> {
+        self.pkts.pop()
+    }
+
+    /// Iterates over the packets.
+    #[inline]
+    pub fn iter(&self) -> std::slice::Iter<'_, Packet> {
+        self.pkts.iter()
+    }
+
+    /// Iterates over the packets, mutably.
+    #[inline]
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Packet> {
+        self.pkts.iter_mut()
+    }
+
+    /// The packets as a slice.
+    #[inline]
+    pub fn as_slice(&self) -> &[Packet] {
+        &self.pkts
+    }
+
+    /// The packets as a mutable slice.
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [Packet] {
+        &mut self.pkts
+    }
+
+    /// Total bytes of all packets.
+    #[inline]
+    pub fn bytes(&self) -> u64 {
+        self.pkts.iter().map(|p| p.len() as u64).sum()
+    }
+
+    /// Keeps the packets for which `keep` returns true, in order; the others are dropped
+    /// (returned to their pools in one batch). Returns how many were dropped.
+    pub fn retain(&mut self, mut keep: impl FnMut(&mut Packet) -> bool) -> usize {
+        let mut dropped = Burst::new();
+        let mut kept = Burst::new();
+        for mut p in self.pkts.drain(..) {
+            if keep(&mut p) {
+                kept.pkts.push(p);
+            } else {
+                dropped.pkts.push(p);
+            }
+        }
+        let n = dropped.len();
+        std::mem::swap(&mut self.pkts, &mut kept.pkts);
+        n
+    }
+
+    /// Splits the burst in two: packets for which `pred` is true go to the returned burst.
+    pub fn split_off_where(&mut self, mut pred: impl FnMut(&mut Packet) -> bool) -> Burst {
+        let mut taken = Burst::new();
+        let mut kept = Burst::new();
+        for mut p in self.pkts.drain(..) {
+            if pred(&mut p) {
+                taken.pkts.push(p);
+            } else {
+                kept.pkts.push(p);
+            }
+        }
+        std::mem::swap(&mut self.pkts, &mut kept.pkts);
+        taken
+    }
+
+    /// Removes every packet, yielding them in order.
+    pub fn drain(&mut self) -> arrayvec::Drain<'_, Packet, BURST_SIZE> {
+        self.pkts.drain(..)
+    }
+
+    /// Drops every packet (batched) and leaves the burst empty.
+    pub fn clear(&mut self) {
+        release_all(&mut self.pkts);
+    }
+}
+
+/// Returns every packet's frame to its pool, one lock per run of same-pool packets.
+fn release_all(pkts: &mut ArrayVec<Packet, BURST_SIZE>) {
+    if pkts.is_empty() {
+        return;
+    }
+    let mut frames = [0u32; BURST_SIZE];
+    let mut n = 0;
+    let mut pool = pkts[0].pool_ptr();
+    for p in pkts.drain(..) {
+        if p.pool_ptr() != pool {
+            // SAFETY: the frames were owned by packets of `pool` we just forgot.
+            unsafe { Packet::release_frames(pool, &frames[..n]) };
+            n = 0;
+            pool = p.pool_ptr();
+        }
+        frames[n] = p.forget_frame();
+        n += 1;
+    }
+    // SAFETY: as above.
+    unsafe { Packet::release_frames(pool, &frames[..n]) };
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        release_all(&mut self.pkts);
+    }
+}
+
+impl Extend<Packet> for Burst {
+    /// Adds packets until the burst is full; the rest are dropped.
+    fn extend<I: IntoIterator<Item = Packet>>(&mut self, iter: I) {
+        for p in iter {
+            if self.push(p).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+impl IntoIterator for Burst {
+    type Item = Packet;
+    type IntoIter = arrayvec::IntoIter<Packet, BURST_SIZE>;
+    fn into_iter(mut self) -> Self::IntoIter {
+        std::mem::take(&mut self.pkts).into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Burst {
+    type Item = &'a Packet;
+    type IntoIter = std::slice::Iter<'a, Packet>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.pkts.iter()
+    }
+}
+
+impl std::ops::Index<usize> for Burst {
+    type Output = Packet;
+    fn index(&self, i: usize) -> &Packet {
+        &self.pkts[i]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Burst {
+    fn index_mut(&mut self, i: usize) -> &mut Packet {
+        &mut self.pkts[i]
+    }
+}
+
+impl std::fmt::Debug for Burst {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.pkts.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::{Pool, PoolConfig};
+
+    #[test]
+    fn drop_returns_all_frames_of_two_pools() {
+        let a = Pool::new(PoolConfig {
+            frame_count: 70,
+            ..Default::default()
+        })
+        .unwrap();
+        let b = Pool::new(PoolConfig {
+            frame_count: 70,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut burst = Burst::new();
+        for i in 0..64 {
+            let pool = if i % 3 == 0 { &a } else { &b };
+            burst.push(pool.packet_from(&[i as u8]).unwrap()).unwrap();
+        }
+        assert!(burst.is_full());
+        assert!(burst.push(a.alloc().unwrap()).is_err());
+        drop(burst);
+        assert_eq!(a.available(), 70);
+        assert_eq!(b.available(), 70);
+    }
+
+    #[test]
+    fn retain_drops_and_keeps_order() {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 16,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut burst = Burst::new();
+        for i in 0..10u8 {
+            burst.push(pool.packet_from(&[i]).unwrap()).unwrap();
+        }
+        let dropped = burst.retain(|p| p.data()[0] % 2 == 0);
+        assert_eq!(dropped, 5);
+        let v: Vec<u8> = burst.iter().map(|p| p.data()[0]).collect();
+        assert_eq!(v, vec![0, 2, 4, 6, 8]);
+        assert_eq!(pool.available(), 11);
+        let odd = burst.split_off_where(|p| p.data()[0] >= 6);
+        assert_eq!(odd.len(), 2);
+        assert_eq!(burst.len(), 3);
+    }
+}

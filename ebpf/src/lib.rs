@@ -1,0 +1,1 @@
+//! Butterfly XDP programs and loader (issue 5).
