@@ -27,6 +27,8 @@ pub struct Burst {
 const BURST_CACHE: usize = 512;
 
 thread_local! {
+    // The boxes are the point: a burst moves as one pointer, and recycling keeps them.
+    #[allow(clippy::vec_box)]
     static CACHE: RefCell<Vec<Box<ArrayVec<Packet, BURST_SIZE>>>> =
         const { RefCell::new(Vec::new()) };
 }
