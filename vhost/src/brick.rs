@@ -15,6 +15,7 @@
 use std::sync::{Arc, Mutex, TryLockError};
 
 use packetgraph::{Brick, BrickError, Burst, Emit, Poles, Pool, Side};
+use virtio_queue::QueueT;
 
 use crate::device::{DeviceState, RX_QUEUE, TX_QUEUE};
 use crate::protocol::{ControlThread, Endpoint, ProtocolError};
@@ -104,6 +105,21 @@ impl Vhost {
     pub fn is_running(&self) -> bool {
         let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         st.connected && st.ring_ready(RX_QUEUE) && st.ring_ready(TX_QUEUE)
+    }
+
+    /// Receive buffers (descriptor chains) the guest has posted and the brick has not used
+    /// yet, or `None` while the receive queue is not running. A sender can pace itself on
+    /// it instead of overflowing the ring.
+    pub fn rx_room(&self) -> Option<u16> {
+        let st = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if !st.ring_ready(RX_QUEUE) {
+            return None;
+        }
+        let q = &st.vrings[RX_QUEUE].queue;
+        let idx = q
+            .avail_idx(st.mem.as_ref()?, std::sync::atomic::Ordering::Acquire)
+            .ok()?;
+        Some(idx.0.wrapping_sub(q.next_avail()))
     }
 
     /// Guest → graph counters.
