@@ -1,13 +1,23 @@
 //! The bricks: one file each, with their tests beside them.
 
 mod collect;
+mod diode;
+mod filter;
+mod hub;
 pub mod nic;
 mod nop;
 mod packetgen;
+mod queue;
+mod rxtx;
 pub mod tap;
 
 pub use collect::Collect;
+pub use diode::Diode;
+pub use filter::{Filter, FilterFn};
+pub use hub::{HUB_DEFAULT_EDGES, Hub};
 pub use nic::{Nic, NicBackend};
 pub use nop::Nop;
 pub use packetgen::PacketGen;
+pub use queue::Queue;
+pub use rxtx::{RxFn, RxTx, TxFn};
 pub use tap::{Tap, TapCounters, TapError};
