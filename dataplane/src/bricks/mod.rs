@@ -1,5 +1,6 @@
 //! The bricks: one file each, with their tests beside them.
 
+pub mod antispoof;
 mod collect;
 mod diode;
 mod filter;
@@ -11,7 +12,9 @@ mod print;
 mod queue;
 mod rxtx;
 pub mod tap;
+pub mod switch;
 
+pub use antispoof::{Antispoof, AntispoofChecks};
 pub use collect::Collect;
 pub use diode::Diode;
 pub use filter::{Filter, FilterFn};
@@ -23,3 +26,4 @@ pub use print::{FrameSummary, Print, PrintError};
 pub use queue::Queue;
 pub use rxtx::{RxFn, RxTx, TxFn};
 pub use tap::{Tap, TapCounters, TapError};
+pub use switch::{Switch, SwitchConfig};
