@@ -4,8 +4,10 @@ mod collect;
 pub mod nic;
 mod nop;
 mod packetgen;
+pub mod vtep;
 
 pub use collect::Collect;
 pub use nic::{Nic, NicBackend};
 pub use nop::Nop;
 pub use packetgen::PacketGen;
+pub use vtep::{Flood, Vtep, VtepConfig};
