@@ -28,6 +28,7 @@ pub mod clock;
 pub mod error;
 pub mod graph;
 pub mod packet;
+pub mod wire;
 pub mod worker;
 
 pub use brick::{Brick, BrickStats, Dest, Emit, Poles, Side, SideStats};

@@ -13,6 +13,7 @@ mod queue;
 mod rxtx;
 pub mod tap;
 pub mod switch;
+pub mod vtep;
 
 pub use antispoof::{Antispoof, AntispoofChecks};
 pub use collect::Collect;
@@ -27,3 +28,4 @@ pub use queue::Queue;
 pub use rxtx::{RxFn, RxTx, TxFn};
 pub use tap::{Tap, TapCounters, TapError};
 pub use switch::{Switch, SwitchConfig};
+pub use vtep::{Flood, Vtep, VtepConfig};
