@@ -1017,10 +1017,7 @@ fn next_tcp_state(old: TcpState, fl: &mut u8, dir: FlowDir, flags: u8) -> TcpSta
     }
     if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 && dir == FlowDir::Forward {
         // A new SYN on a closed or closing flow reopens it (port reuse).
-        if matches!(
-            old,
-            TcpState::Reset | TcpState::Closing | TcpState::FinWait
-        ) {
+        if matches!(old, TcpState::Reset | TcpState::Closing | TcpState::FinWait) {
             *fl &= !(F_FIN_FWD | F_FIN_REV);
             return TcpState::SynSent;
         }

@@ -40,7 +40,12 @@ fn tcp() -> FiveTuple {
 }
 
 /// Looks `t` up and touches it, or creates it.
-fn packet(ft: &mut FlowTable, t: &FiveTuple, len: u32, flags: u8) -> Result<FlowId, FlowTableError> {
+fn packet(
+    ft: &mut FlowTable,
+    t: &FiveTuple,
+    len: u32,
+    flags: u8,
+) -> Result<FlowId, FlowTableError> {
     let (k, lo) = FlowKey::new(t, 7);
     let h = k.hash64();
     if let Some((id, dir)) = ft.lookup(&k, h, lo) {
@@ -225,7 +230,11 @@ fn lookup_expires_a_flow_the_wheel_has_not_reached() {
     ft.advance(); // budget 1: the wheel lags far behind
     let id2 = packet(&mut ft, &t, 1, 0).unwrap();
     assert_eq!(id, id2, "slot reused");
-    assert_eq!(ft.get(id2).unwrap().packets(FlowDir::Forward), 1, "a new flow");
+    assert_eq!(
+        ft.get(id2).unwrap().packets(FlowDir::Forward),
+        1,
+        "a new flow"
+    );
     assert_eq!(ft.counters().expired, 1);
     assert_eq!(ft.counters().created, 2);
 }
@@ -284,7 +293,11 @@ fn records_ring_is_bounded() {
     assert_eq!(ft.counters().removed, 9);
     assert_eq!(ft.counters().records_lost, 5);
     assert_eq!(ft.records().count(), 4);
-    assert_eq!(ft.pop_record().unwrap().tuple, udp(6), "removed 0-2, 4-9: the last 4 stay");
+    assert_eq!(
+        ft.pop_record().unwrap().tuple,
+        udp(6),
+        "removed 0-2, 4-9: the last 4 stay"
+    );
 }
 
 #[test]
