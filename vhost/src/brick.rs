@@ -241,6 +241,7 @@ impl Brick for Vhost {
             ("guest_tx_drop_too_long", t.drop_too_long),
             ("guest_tx_drop_bad_header", t.drop_bad_header),
             ("guest_tx_ring_errors", t.ring_errors),
+            ("guest_tx_checksums_completed", t.checksums_completed),
             ("guest_rx_packets", r.packets),
             ("guest_rx_bytes", r.bytes),
             ("guest_rx_buffers", r.buffers),

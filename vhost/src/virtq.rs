@@ -75,6 +75,8 @@ pub struct TxStats {
     pub drop_bad_header: u64,
     /// Used-ring or avail-ring accesses that failed (ring outside memory, bad avail index).
     pub ring_errors: u64,
+    /// Frames whose partial checksum (`VIRTIO_NET_HDR_F_NEEDS_CSUM`) was completed.
+    pub checksums_completed: u64,
 }
 
 impl TxStats {
@@ -190,7 +192,8 @@ impl TxVirtio {
             taken += 1;
             let head = chain.head_index();
             match copy_chain(chain, mem, &mut pkt, cfg.hdr_len) {
-                Ok(()) => {
+                Ok(csum) => {
+                    self.stats.checksums_completed += u64::from(csum);
                     self.stats.packets += 1;
                     self.stats.bytes += pkt.len() as u64;
                     // Cannot fail: `out` had room for `want` packets.
@@ -211,13 +214,13 @@ impl TxVirtio {
 }
 
 /// Copies a transmit chain into `pkt` (which must be empty), then checks and strips the
-/// virtio-net header.
+/// virtio-net header. Returns whether a partial checksum was completed.
 fn copy_chain<M>(
     chain: virtio_queue::DescriptorChain<M>,
     mem: &GuestMem,
     pkt: &mut Packet,
     hdr_len: usize,
-) -> Result<(), ChainError>
+) -> Result<bool, ChainError>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
@@ -250,7 +253,7 @@ where
     hdr.finish_tx(&mut pkt.data_mut()[hdr_len..])?;
     // Cannot fail: the packet is longer than the header.
     let _ = pkt.trim_front(hdr_len);
-    Ok(())
+    Ok(hdr.flags & crate::net_hdr::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0)
 }
 
 /// Where the bytes of the virtio-net header landed in guest memory (the header is written
@@ -615,6 +618,7 @@ mod tests {
         tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out);
         let d = out[0].data();
         assert_eq!(u16::from_be_bytes([d[36], d[37]]), !0x1234u16);
+        assert_eq!(tx.stats.checksums_completed, 1);
     }
 
     /// Malformed chains: each is returned to the guest, dropped and counted; the good
