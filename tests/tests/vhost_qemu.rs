@@ -203,69 +203,111 @@ fn wait_running(worker: &Worker, name: &'static str, timeout: Duration) {
     }
 }
 
+/// Two guests on a graph `vm-a — hub — vm-b`: A's socket is served by Butterfly (QEMU
+/// connects, with `a_chardev_extra` appended to its chardev options), B's by QEMU
+/// (`server=on`, Butterfly connects). Returns once both guests are idle on their console
+/// and both bricks' virtqueues run.
+struct TwoGuests {
+    a: Guest,
+    b: Guest,
+    worker: Worker,
+    pool: Pool,
+    dir: DirGuard,
+    sock_a: PathBuf,
+}
+
+/// Removes the test's socket directory when dropped.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TwoGuests {
+    fn start(tag: &str, a_chardev_extra: &str) -> TwoGuests {
+        require_qemu();
+        let _ = guest_image();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let dir = PathBuf::from(format!("/tmp/bf-vhost-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock_a = dir.join("a.sock");
+        let sock_b = dir.join("b.sock");
+
+        // Guest B's QEMU serves its socket; start it first so Butterfly can connect.
+        let b = Guest::start(
+            "b",
+            &format!("socket,id=c0,path={},server=on,wait=off", sock_b.display()),
+            "52:54:00:00:00:0b",
+            "10.0.0.2/24",
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock_b.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "QEMU did not create {}",
+                sock_b.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        let pool = Pool::new(PoolConfig {
+            frame_count: 4096,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut g = Graph::new("vhost-qemu");
+        g.add(
+            "vm-a",
+            Vhost::new(Endpoint::Server(sock_a.clone()), pool.clone()).unwrap(),
+        )
+        .unwrap();
+        g.add(
+            "vm-b",
+            Vhost::new(Endpoint::Client(sock_b.clone()), pool.clone()).unwrap(),
+        )
+        .unwrap();
+        g.add("hub", Hub::new()).unwrap();
+        g.link("vm-a", "hub").unwrap();
+        g.link("vm-b", "hub").unwrap();
+        let worker = Worker::spawn(g, WorkerConfig::default()).unwrap();
+
+        let mut a = Guest::start(
+            "a",
+            &format!("socket,id=c0,path={}{a_chardev_extra}", sock_a.display()),
+            "52:54:00:00:00:0a",
+            "10.0.0.1/24",
+        );
+        let mut b = b;
+        a.wait_for("BF-IDLE", 0, Duration::from_secs(90));
+        b.wait_for("BF-IDLE", 0, Duration::from_secs(90));
+        wait_running(&worker, "vm-a", Duration::from_secs(20));
+        wait_running(&worker, "vm-b", Duration::from_secs(20));
+        TwoGuests {
+            a,
+            b,
+            worker,
+            pool,
+            dir: DirGuard(dir),
+            sock_a,
+        }
+    }
+}
+
 #[test]
 fn vhost_qemu_two_guests_ping_tcp_reboot() {
-    require_qemu();
-    let _ = guest_image();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let dir = PathBuf::from(format!("/tmp/bf-vhost-qemu-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock_a = dir.join("a.sock");
-    let sock_b = dir.join("b.sock");
-
-    // Guest B's QEMU serves its socket; start it first so Butterfly can connect.
-    let mut b = Guest::start(
-        "b",
-        &format!("socket,id=c0,path={},server=on,wait=off", sock_b.display()),
-        "52:54:00:00:00:0b",
-        "10.0.0.2/24",
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock_b.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "QEMU did not create {}",
-            sock_b.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
-    let pool = Pool::new(PoolConfig {
-        frame_count: 4096,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut g = Graph::new("vhost-qemu");
-    g.add(
-        "vm-a",
-        Vhost::new(Endpoint::Server(sock_a.clone()), pool.clone()).unwrap(),
-    )
-    .unwrap();
-    g.add(
-        "vm-b",
-        Vhost::new(Endpoint::Client(sock_b.clone()), pool.clone()).unwrap(),
-    )
-    .unwrap();
-    g.add("hub", Hub::new()).unwrap();
-    g.link("vm-a", "hub").unwrap();
-    g.link("vm-b", "hub").unwrap();
-    let worker = Worker::spawn(g, WorkerConfig::default()).unwrap();
-
-    let mut a = Guest::start(
-        "a",
-        &format!("socket,id=c0,path={}", sock_a.display()),
-        "52:54:00:00:00:0a",
-        "10.0.0.1/24",
-    );
-    a.wait_for("BF-IDLE", 0, Duration::from_secs(90));
-    b.wait_for("BF-IDLE", 0, Duration::from_secs(90));
-    wait_running(&worker, "vm-a", Duration::from_secs(20));
-    wait_running(&worker, "vm-b", Duration::from_secs(20));
-
+    let TwoGuests {
+        mut a,
+        mut b,
+        worker,
+        dir: _dir,
+        ..
+    } = TwoGuests::start("qemu", "");
     // Ping both ways.
     ping(&mut a, "10.0.0.2");
     ping(&mut b, "10.0.0.1");
@@ -337,8 +379,48 @@ fn vhost_qemu_two_guests_ping_tcp_reboot() {
         );
     }
     assert_eq!(g.empty_bursts(), 0);
-    drop(a);
-    drop(b);
-    drop(g);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Butterfly (the vhost-user server) goes away and comes back while QEMU keeps running
+/// with `reconnect-ms`: QEMU reconnects, sets the device up again with the ring indices it
+/// kept, and traffic resumes.
+#[test]
+fn vhost_qemu_backend_restart_resumes_traffic() {
+    let TwoGuests {
+        mut a,
+        mut b,
+        worker,
+        pool,
+        dir: _dir,
+        sock_a,
+    } = TwoGuests::start("restart", ",reconnect-ms=200");
+    ping(&mut a, "10.0.0.2");
+
+    // "Restart": the brick and its socket go away (connection closed, socket file
+    // removed), then a new brick listens on the same path.
+    worker
+        .exec(|g| {
+            let old = g.remove("vm-a").unwrap();
+            drop(old);
+        })
+        .unwrap();
+    assert!(!sock_a.exists(), "the old brick left its socket behind");
+    std::thread::sleep(Duration::from_secs(1));
+    let p = pool.clone();
+    let s = sock_a.clone();
+    worker
+        .exec(move |g| {
+            g.add("vm-a", Vhost::new(Endpoint::Server(s), p).unwrap())
+                .unwrap();
+            g.link("vm-a", "hub").unwrap();
+        })
+        .unwrap();
+    wait_running(&worker, "vm-a", Duration::from_secs(30));
+    ping(&mut a, "10.0.0.2");
+    ping(&mut b, "10.0.0.1");
+    let g = worker.stop().unwrap();
+    let vm = g.get::<Vhost>("vm-a").unwrap();
+    assert!(vm.tx_stats().packets >= 6, "{:?}", vm.tx_stats());
+    assert_eq!(vm.tx_stats().drops(), 0);
+    assert_eq!(g.empty_bursts(), 0);
 }
