@@ -638,3 +638,318 @@ fn serve_connection(
     }
     ProtocolError::Disconnected
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{RX_QUEUE, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
+    use std::io::IoSlice;
+    use virtio_queue::QueueT;
+
+    const REPLY_ACK: u64 = 0x8;
+
+    fn msg(req: FrontendReq, flags: u32, body: &[u8], files: Vec<File>) -> Message {
+        Message {
+            request: req as u32,
+            flags: FLAG_VERSION_1 | flags,
+            body: body.to_vec(),
+            files,
+        }
+    }
+
+    fn u64_body(v: u64) -> Vec<u8> {
+        v.to_ne_bytes().to_vec()
+    }
+
+    fn state_body(index: u32, num: u32) -> Vec<u8> {
+        VhostUserVringState::new(index, num).as_slice().to_vec()
+    }
+
+    /// A 1 MiB file standing in for the frontend's shared guest memory.
+    fn shared_file(tag: &str) -> File {
+        let p = std::env::temp_dir().join(format!("bf-vhost-proto-{tag}-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        f.set_len(1 << 20).unwrap();
+        let _ = std::fs::remove_file(&p);
+        f
+    }
+
+    /// QEMU 10 sends SET_VRING_ENABLE before the first SET_FEATURES (with NEED_REPLY once
+    /// REPLY_ACK is negotiated): it must be accepted (ack 0), and take effect later.
+    #[test]
+    fn qemu10_order_enable_before_set_features_is_accepted() {
+        let shared = Mutex::new(DeviceState::default());
+        let r = handle(&shared, msg(FrontendReq::GET_FEATURES, 0, &[], vec![])).unwrap();
+        assert_eq!(r, Some(u64_body(OFFERED_FEATURES)));
+        let r = handle(
+            &shared,
+            msg(FrontendReq::GET_PROTOCOL_FEATURES, 0, &[], vec![]),
+        )
+        .unwrap();
+        assert_eq!(r, Some(u64_body(offered_protocol_features())));
+        let r = handle(
+            &shared,
+            msg(
+                FrontendReq::SET_PROTOCOL_FEATURES,
+                0,
+                &u64_body(REPLY_ACK | 0x1),
+                vec![],
+            ),
+        )
+        .unwrap();
+        assert_eq!(r, None, "no NEED_REPLY: no reply");
+        for i in 0..2 {
+            let r = handle(
+                &shared,
+                msg(
+                    FrontendReq::SET_VRING_ENABLE,
+                    FLAG_NEED_REPLY,
+                    &state_body(i, 1),
+                    vec![],
+                ),
+            )
+            .unwrap();
+            assert_eq!(
+                r,
+                Some(u64_body(0)),
+                "SET_VRING_ENABLE before SET_FEATURES acked"
+            );
+        }
+        let feats = VIRTIO_F_VERSION_1
+            | VIRTIO_NET_F_MRG_RXBUF
+            | crate::device::VHOST_USER_F_PROTOCOL_FEATURES;
+        let r = handle(
+            &shared,
+            msg(
+                FrontendReq::SET_FEATURES,
+                FLAG_NEED_REPLY,
+                &u64_body(feats),
+                vec![],
+            ),
+        )
+        .unwrap();
+        assert_eq!(r, Some(u64_body(0)));
+        let st = shared.lock().unwrap();
+        assert!(st.vrings[0].enabled && st.vrings[1].enabled);
+        assert_eq!(st.net.hdr_len, 12);
+        assert!(st.net.mrg_rxbuf);
+        let r = handle(
+            &Mutex::new(DeviceState::default()),
+            msg(FrontendReq::GET_QUEUE_NUM, 0, &[], vec![]),
+        );
+        assert_eq!(r.unwrap(), Some(u64_body(QUEUE_PAIRS)));
+    }
+
+    /// Memory table, ring setup with frontend virtual addresses, start, stop.
+    #[test]
+    fn ring_setup_translates_addresses_and_get_vring_base_stops() {
+        let shared = Mutex::new(DeviceState::default());
+        handle(
+            &shared,
+            msg(
+                FrontendReq::SET_FEATURES,
+                0,
+                &u64_body(VIRTIO_F_VERSION_1 | crate::device::VHOST_USER_F_PROTOCOL_FEATURES),
+                vec![],
+            ),
+        )
+        .unwrap();
+        // One region: GPA 0x10_0000, frontend VA 0x7f00_0000_0000, 1 MiB.
+        let uaddr = 0x7f00_0000_0000u64;
+        let mut body = VhostUserMemory::new(1).as_slice().to_vec();
+        body.extend_from_slice(VhostUserMemoryRegion::new(0x10_0000, 1 << 20, uaddr, 0).as_slice());
+        let r = handle(
+            &shared,
+            msg(
+                FrontendReq::SET_MEM_TABLE,
+                0,
+                &body,
+                vec![shared_file("mt")],
+            ),
+        )
+        .unwrap();
+        assert_eq!(r, None);
+        handle(
+            &shared,
+            msg(FrontendReq::SET_VRING_NUM, 0, &state_body(0, 256), vec![]),
+        )
+        .unwrap();
+        handle(
+            &shared,
+            msg(FrontendReq::SET_VRING_BASE, 0, &state_body(0, 7), vec![]),
+        )
+        .unwrap();
+        let a = VhostUserVringAddr {
+            index: 0,
+            descriptor: uaddr,
+            available: uaddr + 0x1000,
+            used: uaddr + 0x2000,
+            ..Default::default()
+        };
+        handle(
+            &shared,
+            msg(FrontendReq::SET_VRING_ADDR, 0, a.as_slice(), vec![]),
+        )
+        .unwrap();
+        // Kick without fd (polling), then enable.
+        handle(
+            &shared,
+            msg(
+                FrontendReq::SET_VRING_KICK,
+                0,
+                &u64_body(VRING_NOFD_MASK),
+                vec![],
+            ),
+        )
+        .unwrap();
+        assert!(
+            !shared.lock().unwrap().ring_ready(RX_QUEUE),
+            "not enabled yet"
+        );
+        handle(
+            &shared,
+            msg(FrontendReq::SET_VRING_ENABLE, 0, &state_body(0, 1), vec![]),
+        )
+        .unwrap();
+        {
+            let st = shared.lock().unwrap();
+            assert!(st.ring_ready(RX_QUEUE));
+            let q = &st.vrings[0].queue;
+            assert_eq!(q.desc_table(), 0x10_0000);
+            assert_eq!(q.avail_ring(), 0x10_1000);
+            assert_eq!(q.used_ring(), 0x10_2000);
+            assert_eq!(q.size(), 256);
+        }
+        let r = handle(
+            &shared,
+            msg(FrontendReq::GET_VRING_BASE, 0, &state_body(0, 0), vec![]),
+        )
+        .unwrap();
+        assert_eq!(r, Some(state_body(0, 7)));
+        assert!(!shared.lock().unwrap().ring_ready(RX_QUEUE), "stopped");
+        // REM_MEM_REG of the region unmaps the memory; ADD_MEM_REG maps one again.
+        let single = VhostUserSingleMemoryRegion::new(0x10_0000, 1 << 20, uaddr, 0);
+        handle(
+            &shared,
+            msg(FrontendReq::REM_MEM_REG, 0, single.as_slice(), vec![]),
+        )
+        .unwrap();
+        assert!(shared.lock().unwrap().mem.is_none());
+        handle(
+            &shared,
+            msg(
+                FrontendReq::ADD_MEM_REG,
+                0,
+                single.as_slice(),
+                vec![shared_file("add")],
+            ),
+        )
+        .unwrap();
+        assert!(shared.lock().unwrap().mem.is_some());
+        // Reset: back to a fresh device, memory kept.
+        handle(&shared, msg(FrontendReq::RESET_DEVICE, 0, &[], vec![])).unwrap();
+        let st = shared.lock().unwrap();
+        assert_eq!(st.features, 0);
+        assert!(!st.vrings[0].started);
+    }
+
+    #[test]
+    fn malformed_requests_are_errors_or_nacks() {
+        let shared = Mutex::new(DeviceState::default());
+        handle(
+            &shared,
+            msg(
+                FrontendReq::SET_PROTOCOL_FEATURES,
+                0,
+                &u64_body(REPLY_ACK),
+                vec![],
+            ),
+        )
+        .unwrap();
+        // Payload too short.
+        assert!(matches!(
+            handle(&shared, msg(FrontendReq::SET_FEATURES, 0, &[1, 2], vec![])),
+            Err(ProtocolError::Malformed(_))
+        ));
+        // Ring index outside the queue pair.
+        assert!(
+            handle(
+                &shared,
+                msg(FrontendReq::SET_VRING_NUM, 0, &state_body(5, 256), vec![])
+            )
+            .is_err()
+        );
+        // Queue size not a power of two: nack.
+        let r = handle(
+            &shared,
+            msg(
+                FrontendReq::SET_VRING_NUM,
+                FLAG_NEED_REPLY,
+                &state_body(0, 100),
+                vec![],
+            ),
+        )
+        .unwrap();
+        assert_eq!(r, Some(u64_body(1)));
+        // Memory table without its fd.
+        let mut body = VhostUserMemory::new(1).as_slice().to_vec();
+        body.extend_from_slice(VhostUserMemoryRegion::new(0, 4096, 0, 0).as_slice());
+        assert!(handle(&shared, msg(FrontendReq::SET_MEM_TABLE, 0, &body, vec![])).is_err());
+        // Unsupported request with NEED_REPLY: nack.
+        let r = handle(
+            &shared,
+            msg(
+                FrontendReq::SET_LOG_BASE,
+                FLAG_NEED_REPLY,
+                &u64_body(0),
+                vec![],
+            ),
+        )
+        .unwrap();
+        assert_eq!(r, Some(u64_body(1)));
+    }
+
+    /// Framing over a real socket pair, with a file descriptor attached.
+    #[test]
+    fn recv_message_and_send_reply_over_a_socket() {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let (front, back) = UnixStream::pair().unwrap();
+        let f = shared_file("fd");
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&(FrontendReq::SET_VRING_CALL as u32).to_ne_bytes());
+        wire.extend_from_slice(&FLAG_VERSION_1.to_ne_bytes());
+        wire.extend_from_slice(&8u32.to_ne_bytes());
+        wire.extend_from_slice(&1u64.to_ne_bytes());
+        let fds = [f.as_raw_fd()];
+        sendmsg::<()>(
+            front.as_raw_fd(),
+            &[IoSlice::new(&wire)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let m = recv_message(&back).unwrap();
+        assert_eq!(m.request, FrontendReq::SET_VRING_CALL as u32);
+        assert_eq!(m.body, 1u64.to_ne_bytes());
+        assert_eq!(m.files.len(), 1);
+        send_reply(&back, FrontendReq::GET_FEATURES as u32, &u64_body(5)).unwrap();
+        let mut r = [0u8; 20];
+        (&front).read_exact(&mut r).unwrap();
+        assert_eq!(&r[0..4], &(FrontendReq::GET_FEATURES as u32).to_ne_bytes());
+        assert_eq!(&r[4..8], &(FLAG_VERSION_1 | FLAG_REPLY).to_ne_bytes());
+        assert_eq!(&r[8..12], &8u32.to_ne_bytes());
+        assert_eq!(&r[12..20], &5u64.to_ne_bytes());
+        drop(front);
+        assert!(matches!(
+            recv_message(&back),
+            Err(ProtocolError::Disconnected)
+        ));
+    }
+}
