@@ -305,6 +305,7 @@ fn vhost_qemu_two_guests_ping_tcp_reboot() {
         mut a,
         mut b,
         worker,
+        pool,
         dir: _dir,
         ..
     } = TwoGuests::start("qemu", "");
@@ -379,6 +380,7 @@ fn vhost_qemu_two_guests_ping_tcp_reboot() {
         );
     }
     assert_eq!(g.empty_bursts(), 0);
+    assert_eq!(pool.available(), 4096, "frames leaked");
 }
 
 /// Butterfly (the vhost-user server) goes away and comes back while QEMU keeps running
@@ -423,4 +425,5 @@ fn vhost_qemu_backend_restart_resumes_traffic() {
     assert!(vm.tx_stats().packets >= 6, "{:?}", vm.tx_stats());
     assert_eq!(vm.tx_stats().drops(), 0);
     assert_eq!(g.empty_bursts(), 0);
+    assert_eq!(pool.available(), 4096, "frames leaked");
 }

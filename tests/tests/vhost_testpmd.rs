@@ -324,6 +324,7 @@ fn vhost_testpmd_io_forward_returns_every_frame() {
         assert_eq!(a, b, "frame {k} differs");
     }
     assert_eq!(g.empty_bursts(), 0);
+    assert_eq!(pool.available(), 8192, "frames leaked");
     drop(g);
     let _ = std::fs::remove_dir_all(&dir);
 }
