@@ -335,19 +335,9 @@ impl RxVirtio {
                 failure = Some(RxError::TooBig);
                 break;
             }
-            match pending(q, mem) {
-                None => {
-                    failure = Some(RxError::Ring);
-                    break;
-                }
-                Some(0) => {
-                    failure = Some(RxError::NoBuffer);
-                    break;
-                }
-                Some(_) => {}
-            }
+            // None: ring empty (or its avail index unreadable/bogus).
             let Some(chain) = q.pop_descriptor_chain(mem) else {
-                failure = Some(RxError::Ring);
+                failure = Some(RxError::NoBuffer);
                 break;
             };
             let head = chain.head_index();
