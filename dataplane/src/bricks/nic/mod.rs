@@ -5,6 +5,7 @@
 //! sends it to the graph; a burst from the graph is transmitted by the backend.
 
 pub mod pcap;
+pub mod afxdp;
 
 use crate::brick::{Brick, Emit, Poles, Side};
 use crate::burst::Burst;
