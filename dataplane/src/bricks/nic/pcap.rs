@@ -11,7 +11,8 @@
 //! *Transmit*: frames sent to the NIC are appended to a libpcap file (LINKTYPE_ETHERNET,
 //! microsecond timestamps from the system clock), flushed after every burst.
 //!
-//! Files are read and written with the `pcap-file` crate.
+//! Files are read and written with the `pcap-file` crate (whose reader keeps an 8 MB
+//! buffer per open capture).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -85,20 +86,31 @@ impl From<PcapNicError> for BrickError {
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
 enum Reader {
-    Pcap(PcapReader<BufReader<File>>),
+    Pcap(PcapReader<Input>),
     PcapNg {
-        reader: PcapNgReader<BufReader<File>>,
+        reader: PcapNgReader<Input>,
         /// Link type of each interface of the current section, by interface id.
         linktypes: Vec<DataLink>,
     },
 }
+
+/// Where capture bytes come from: a file, or any reader (tests, fuzzing).
+type Input = Box<dyn BufRead + Send>;
+
+/// Label used in errors for captures that are not files.
+const MEMORY: &str = "<reader>";
 
 fn open_reader(path: &Path) -> Result<Reader, PcapNicError> {
     let f = File::open(path).map_err(|source| PcapNicError::Open {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut r = BufReader::with_capacity(64 * 1024, f);
+    reader_from(Box::new(BufReader::new(f)), path)
+}
+
+/// Detects pcap or pcapng from the magic number and reads the file header. `path` only
+/// names the capture in errors.
+fn reader_from(mut r: Input, path: &Path) -> Result<Reader, PcapNicError> {
     let format = |reason: String| PcapNicError::Format {
         path: path.to_path_buf(),
         reason,
@@ -265,6 +277,25 @@ impl PcapBackend {
         Ok(self)
     }
 
+    /// Reads frames from a pcap or pcapng stream instead of a file (a pipe, bytes in
+    /// memory). `repeat` has no effect: a stream cannot be read again.
+    ///
+    /// # Errors
+    /// [`PcapNicError::Format`], [`PcapNicError::LinkType`].
+    pub fn rx_reader(
+        mut self,
+        reader: impl std::io::Read + Send + 'static,
+    ) -> Result<PcapBackend, PcapNicError> {
+        self.reader = Some(reader_from(
+            Box::new(BufReader::new(reader)),
+            Path::new(MEMORY),
+        )?);
+        self.rx_path = None;
+        self.rx_done = false;
+        self.frames_this_pass = 0;
+        Ok(self)
+    }
+
     /// Writes the frames sent to the NIC to a new pcap file at `path` (truncated if it
     /// exists).
     ///
@@ -303,10 +334,12 @@ impl PcapBackend {
     }
 
     fn rewind(&mut self) -> Result<bool, BrickError> {
+        let Some(path) = self.rx_path.clone() else {
+            return Ok(false);
+        };
         if !self.repeat || self.frames_this_pass == 0 {
             return Ok(false);
         }
-        let path = self.rx_path.clone().expect("a reader implies a path");
         self.reader = Some(open_reader(&path)?);
         self.frames_this_pass = 0;
         self.counters.rx_rewinds += 1;
@@ -366,7 +399,7 @@ impl NicBackend for PcapBackend {
                 }
                 Err(e) => {
                     self.rx_done = true;
-                    let path = self.rx_path.as_deref().unwrap_or(Path::new("?"));
+                    let path = self.rx_path.as_deref().unwrap_or(Path::new(MEMORY));
                     return Err(BrickError::Config(format!(
                         "{}: corrupt record after {} frames: {e}",
                         path.display(),
@@ -435,7 +468,21 @@ impl NicBackend for PcapBackend {
 /// As [`PcapBackend::rx_file`], and [`PcapNicError::Format`] for a corrupt record.
 pub fn read_frames(path: impl AsRef<Path>) -> Result<Vec<Vec<u8>>, PcapNicError> {
     let path = path.as_ref();
-    let mut r = open_reader(path)?;
+    collect_frames(open_reader(path)?, path)
+}
+
+/// Reads every Ethernet frame of a pcap or pcapng capture held in memory (used by the
+/// fuzz target: any bytes give frames or an error, never a panic).
+///
+/// # Errors
+/// [`PcapNicError::Format`] / [`PcapNicError::LinkType`] for bytes that are not a valid
+/// Ethernet capture.
+pub fn read_frames_from_bytes(bytes: &[u8]) -> Result<Vec<Vec<u8>>, PcapNicError> {
+    let input: Input = Box::new(std::io::Cursor::new(bytes.to_vec()));
+    collect_frames(reader_from(input, Path::new(MEMORY))?, Path::new(MEMORY))
+}
+
+fn collect_frames(mut r: Reader, path: &Path) -> Result<Vec<Vec<u8>>, PcapNicError> {
     let mut frames = Vec::new();
     loop {
         match r.next(<[u8]>::to_vec) {
@@ -622,9 +669,20 @@ mod tests {
             read_frames(write_tmp("ng-ok.pcapng", &ng)).unwrap(),
             vec![frame(7, 60)]
         );
+        assert_eq!(read_frames_from_bytes(&ng).unwrap(), vec![frame(7, 60)]);
+        assert_eq!(read_frames_from_bytes(&pcap).unwrap().len(), 4);
+        // A stream reader works like a file, without repeat.
+        let mut b = PcapBackend::new(pool(8))
+            .rx_reader(std::io::Cursor::new(pcap.clone()))
+            .unwrap()
+            .repeat(true);
+        let mut burst = Burst::new();
+        assert_eq!(b.rx_burst(&mut burst).unwrap(), 4);
+        assert!(b.rx_done());
+        drop(burst);
 
         let pool = pool(64);
-        for round in 0..400 {
+        for round in 0..600 {
             let base = if round % 2 == 0 { &pcap } else { &ng };
             let mut f = base.clone();
             let cut = (next() % (f.len() as u64 + 1)) as usize;
@@ -637,9 +695,8 @@ mod tests {
                     f[at] = next() as u8;
                 }
             }
-            let path = write_tmp("fuzz.bin", &f);
-            let _ = read_frames(&path);
-            if let Ok(mut b) = PcapBackend::new(pool.clone()).rx_file(&path) {
+            let _ = read_frames_from_bytes(&f);
+            if let Ok(mut b) = PcapBackend::new(pool.clone()).rx_reader(std::io::Cursor::new(f)) {
                 let mut burst = Burst::new();
                 for _ in 0..4 {
                     if b.rx_burst(&mut burst).is_err() {
