@@ -105,7 +105,8 @@ pub struct TapCounters {
     pub tx_packets: u64,
     /// Bytes of those frames.
     pub tx_bytes: u64,
-    /// Frames not read because the pool had no free frame (they wait in the kernel queue).
+    /// Polls cut short because the pool had no free frame (the frames wait in the
+    /// kernel's queue for the next poll).
     pub rx_no_buffer: u64,
     /// Frames from the graph that the device did not take (EAGAIN, interface down: EIO).
     pub tx_drops: u64,
