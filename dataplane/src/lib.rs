@@ -26,6 +26,7 @@ pub mod bricks;
 pub mod burst;
 pub mod clock;
 pub mod error;
+pub mod flowtable;
 pub mod graph;
 pub mod packet;
 pub mod wire;
