@@ -8,11 +8,15 @@
 //! driver (which rewrites each frame's destination MAC before injecting it, so both see
 //! the same cache traffic). Printed as `RESULT overlay.NAME: X Mpps (ratio R vs nop)`.
 //! Criterion does the warm-up and sampling; the figure is the median of its samples,
-//! timed in thread CPU time (per core-second: the machine is shared).
+//! timed in thread CPU time (per core-second: the machine is shared). A counting
+//! allocator checks that the packet path makes no heap allocation (exit status 1 if it
+//! does).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
@@ -26,6 +30,42 @@ const OUT_EDGES: usize = 4;
 const FRAME_LEN: usize = 64;
 const VM_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
 const VM_IP: [u8; 4] = [10, 0, 0, 1];
+
+/// Heap allocations since the start of the process.
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting allocations (the packet path must make none).
+struct CountingAllocator;
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the GlobalAlloc
+// contract; the counter has no effect on the memory returned.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `ptr` was allocated by System with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by System with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// A sink that keeps the packets it receives so the driver can send them again.
 #[derive(Default)]
@@ -130,7 +170,8 @@ fn thread_cpu_time() -> Duration {
 }
 
 /// Runs one benchmark; returns the median Mpps (`None` when filtered out on the command
-/// line).
+/// line). Then checks that 1,000 more bursts allocate nothing (exits with status 1 if
+/// they do).
 fn measure(c: &mut Criterion, name: &str, mut rig: Rig) -> Option<f64> {
     let samples = RefCell::new(Vec::new());
     let mut group = c.benchmark_group("overlay");
@@ -150,13 +191,22 @@ fn measure(c: &mut Criterion, name: &str, mut rig: Rig) -> Option<f64> {
     let mut s = samples.into_inner();
     s.sort_by(f64::total_cmp);
     let per_burst = *s.get(s.len() / 2)?;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        rig.step();
+    }
+    let allocs = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    if allocs != 0 {
+        eprintln!("{name}: {allocs} heap allocations in 64,000 packets (must be 0)");
+        std::process::exit(1);
+    }
     black_box(&rig.g);
     Some(BURST_SIZE as f64 / per_burst / 1e6)
 }
 
 fn switch_10k(pool: &Pool) -> Box<dyn Brick> {
     let mut sw = Switch::with_config(SwitchConfig {
-        fdb_max: 16_384,
+        fdb_max: 12_288,
         ..Default::default()
     })
     .unwrap();

@@ -34,8 +34,8 @@
 //! (14 bytes) are dropped as malformed.
 //!
 //! The hot path allocates nothing: the FDB is an open-addressing hash table of fixed
-//! size (twice `fdb_max` slots rounded up to a power of two, so its load stays under
-//! 50 %) allocated when the switch is made; the per-packet decision is kept in the
+//! size (`fdb_max × 4/3` slots rounded up to a power of two, so its load stays at or
+//! under 75 %; linear probing, backward-shift deletion, no tombstones) allocated when the switch is made; the per-packet decision is kept in the
 //! packet's mark while the burst is split by destination.
 
 use std::time::Duration;
@@ -87,7 +87,7 @@ pub struct SwitchConfig {
     /// Most edges on each side (1 ..= [`MAX_EDGES`], default [`DEFAULT_MAX_EDGES`]).
     pub max_edges: usize,
     /// Most FDB entries, static ones included (1 ..= [`MAX_FDB_MAX`], default
-    /// [`DEFAULT_FDB_MAX`]). The table takes 16 bytes × twice this, rounded up to a
+    /// [`DEFAULT_FDB_MAX`]). The table takes 16 bytes × 4/3 of this, rounded up to a
     /// power of two.
     pub fdb_max: usize,
     /// How long a dynamic entry lives without being refreshed by a frame from that MAC
@@ -269,7 +269,7 @@ impl Switch {
                 cfg.fdb_max
             )));
         }
-        let nslots = (cfg.fdb_max * 2).next_power_of_two().max(16);
+        let nslots = (cfg.fdb_max * 4).div_ceil(3).next_power_of_two().max(16);
         // A per-switch random seed so that an attacker cannot pick MACs that collide.
         let seed = {
             use std::hash::{BuildHasher, Hasher};
@@ -460,7 +460,7 @@ impl Switch {
     fn lookup_from(&self, mac: u64, home: usize) -> Option<usize> {
         let key = mac | OCCUPIED;
         let mut i = home;
-        // Terminates: the table is at most half full, so an empty slot exists.
+        // Terminates: the table is at most 75 % full, so an empty slot exists.
         loop {
             let k = self.slots[i].key;
             if k == key {
