@@ -65,7 +65,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::brick::{Brick, Emit, Poles, Side};
-use crate::burst::Burst;
+use crate::burst::{BURST_SIZE, Burst};
 use crate::clock::Clock;
 use crate::error::BrickError;
 use crate::flowtable::key::fmix64;
@@ -698,6 +698,8 @@ pub struct Firewall {
     udp_lifetime_ns: u64,
     last_dhcp_request: Option<u64>,
     counters: FirewallCounters,
+    /// Per-burst scratch (capacity 64, reused: no allocation per burst).
+    steps: Vec<FlowStep>,
 }
 
 impl Firewall {
@@ -728,6 +730,7 @@ impl Firewall {
             udp_lifetime_ns,
             last_dhcp_request: None,
             counters: FirewallCounters::default(),
+            steps: Vec::with_capacity(BURST_SIZE),
         };
         fw.recompile();
         Ok(fw)
@@ -970,38 +973,54 @@ impl Firewall {
         false
     }
 
-    /// Decides one frame. True: pass.
+    /// First half of a packet's decision: parse, and for packets that need the flow
+    /// table, the key and its hash.
     #[inline]
-    fn filter(&mut self, data: &[u8], dir: RuleDirection) -> bool {
+    fn prepare(&mut self, data: &[u8]) -> Step {
         let ip = match parse_ethernet(data) {
             Ok(Parsed::Ip(ip)) => ip,
             Ok(Parsed::NotIp { .. }) => {
                 self.flows.note_unhandled();
                 self.counters.passed_non_ip += 1;
-                return true;
+                return Step::Done(true);
             }
             Err(_) => {
                 self.flows.note_unhandled();
                 self.counters.drop_malformed += 1;
-                return false;
+                return Step::Done(false);
             }
         };
         if ip.is_ndp() {
             self.counters.passed_ndp += 1;
-            return true;
+            return Step::Done(true);
         }
         let len = data.len() as u32;
-        let first_frag = match ip.fragment {
-            Fragment::Later { id } => return self.later_fragment(&ip, id, len),
-            Fragment::First { id } => Some(id),
-            Fragment::No => None,
-        };
+        if let Fragment::Later { id } = ip.fragment {
+            return Step::Done(self.later_fragment(&ip, id, len));
+        }
         let (key, lo) = FlowKey::new(&ip.tuple, self.zone);
         let h = key.hash64();
-        if let Some((id, fdir)) = self.flows.lookup(&key, h, lo) {
-            self.flows.touch(id, fdir, len, ip.tcp_flags);
+        Step::Flow(FlowStep {
+            ip,
+            key,
+            h,
+            lo,
+            len,
+        })
+    }
+
+    /// Second half: flow lookup, else classification and flow creation. True: pass.
+    #[inline]
+    fn decide(&mut self, s: &FlowStep, dir: RuleDirection) -> bool {
+        let ip = &s.ip;
+        let first_frag = match ip.fragment {
+            Fragment::First { id } => Some(id),
+            _ => None,
+        };
+        if let Some((id, fdir)) = self.flows.lookup(&s.key, s.h, s.lo) {
+            self.flows.touch(id, fdir, s.len, ip.tcp_flags);
             if let Some(fr) = first_frag {
-                self.remember_first_fragment(&ip, fr, id);
+                self.remember_first_fragment(ip, fr, id);
             }
             self.counters.passed_flow += 1;
             return true;
@@ -1031,13 +1050,16 @@ impl Firewall {
             RuleDirection::Outbound => TAG_OUTBOUND,
             RuleDirection::Inbound => TAG_INBOUND,
         };
-        match self.flows.create(&key, h, lo, len, ip.tcp_flags, tag) {
+        match self
+            .flows
+            .create(&s.key, s.h, s.lo, s.len, ip.tcp_flags, tag)
+        {
             Ok(id) => {
                 if let Some(f) = self.flows.get_mut(id) {
                     f.set_verdict(Verdict::Allow);
                 }
                 if let Some(fr) = first_frag {
-                    self.remember_first_fragment(&ip, fr, id);
+                    self.remember_first_fragment(ip, fr, id);
                 }
                 if dir == RuleDirection::Outbound && is_dhcp_request(t) {
                     self.last_dhcp_request = Some(self.flows.now_ns());
@@ -1051,6 +1073,20 @@ impl Firewall {
             }
         }
     }
+}
+
+/// A packet between [`Firewall::prepare`] and [`Firewall::decide`].
+struct FlowStep {
+    ip: ParsedIp,
+    key: FlowKey,
+    h: u64,
+    lo: bool,
+    len: u32,
+}
+
+enum Step {
+    Done(bool),
+    Flow(FlowStep),
 }
 
 impl Brick for Firewall {
@@ -1075,7 +1111,47 @@ impl Brick for Firewall {
         } else {
             RuleDirection::Inbound
         };
-        pkts.retain(|p| self.filter(p.data(), dir));
+        // Three passes so the flow table's cache misses overlap: parse and hash every
+        // packet (prefetching its index slot), prefetch the flows the slots point to,
+        // then decide in order.
+        const DROP: u8 = 0;
+        const PASS: u8 = 1;
+        const PENDING: u8 = 2;
+        let mut verdict = [DROP; BURST_SIZE];
+        let mut steps = std::mem::take(&mut self.steps);
+        steps.clear();
+        for (v, p) in verdict.iter_mut().zip(pkts.iter()) {
+            match self.prepare(p.data()) {
+                Step::Done(pass) => *v = pass as u8,
+                Step::Flow(s) => {
+                    self.flows.prefetch_index(s.h);
+                    steps.push(s);
+                    *v = PENDING;
+                }
+            }
+        }
+        for s in &steps {
+            self.flows.prefetch_flow(s.h);
+        }
+        let mut next = steps.iter();
+        let mut all = true;
+        for v in verdict[..pkts.len()].iter_mut() {
+            if *v == PENDING {
+                *v = match next.next() {
+                    Some(s) => self.decide(s, dir) as u8,
+                    None => DROP,
+                };
+            }
+            all &= *v == PASS;
+        }
+        self.steps = steps;
+        if !all {
+            let mut i = 0;
+            pkts.retain(|_| {
+                i += 1;
+                verdict[i - 1] == PASS
+            });
+        }
         if !pkts.is_empty() {
             out.send(from.opposite(), 0, pkts);
         }
