@@ -29,6 +29,7 @@ pub mod error;
 pub mod flowtable;
 pub mod graph;
 pub mod packet;
+pub mod wire;
 pub mod worker;
 
 pub use brick::{Brick, BrickStats, Dest, Emit, Poles, Side, SideStats};
