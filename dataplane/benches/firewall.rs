@@ -16,6 +16,9 @@
 //! - `firewall.bytes_per_flow`: resident memory added by a firewall holding 1M flows,
 //!   divided by 1M (measured with `/proc/self/statm`).
 //!
+//! Every measured loop also counts heap allocations (a counting global allocator) and
+//! fails if the packet path allocates.
+//!
 //! Times are this thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`): the machines these run on
 //! are shared, and wall time would count time spent descheduled.
 
@@ -97,6 +100,13 @@ fn drive(
 ) -> (Duration, u64) {
     let mut out = Emit::new();
     let mut passed = 0u64;
+    // Warm up the burst cache and the Emit storage, then count allocations.
+    if burst.is_none() {
+        let mut b = Burst::new();
+        b.push(pool.packet_from(template).unwrap()).unwrap();
+        *burst = Some(b);
+    }
+    let allocs0 = allocations();
     let t0 = cpu_now();
     for _ in 0..bursts {
         let mut b = burst.take().unwrap_or_default();
@@ -114,12 +124,50 @@ fn drive(
             }
         }
         brick.burst(side, 0, b, &mut out).unwrap();
-        for (_, b) in out.take() {
+        for (_, b) in out.drain() {
             passed += b.len() as u64;
             *burst = Some(b);
         }
     }
-    (cpu_now() - t0, passed)
+    let d = cpu_now() - t0;
+    let allocs = allocations() - allocs0;
+    assert!(
+        allocs == 0,
+        "{allocs} heap allocations in {bursts} bursts: the packet path must not allocate"
+    );
+    (d, passed)
+}
+
+/// Counts this thread's heap allocations, to check the packet path makes none.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn allocations() -> u64 {
+    ALLOCS.with(|c| c.get())
 }
 
 /// CPU time of this thread. The machine is shared (load often above the core count), so
