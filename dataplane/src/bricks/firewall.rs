@@ -1815,6 +1815,107 @@ mod tests {
         assert_eq!(h.pool.available(), 256, "every frame came back");
     }
 
+    /// An IPv6 datagram of `proto` with a Fragment header (RFC 8200 §4.5) at `offset8`
+    /// (8-byte units), M flag `more`, identification `id`; `l4` follows it.
+    fn v6_fragment(
+        src: &str,
+        dst: &str,
+        proto: u8,
+        id: u32,
+        offset8: u16,
+        more: bool,
+        l4: &[u8],
+    ) -> Vec<u8> {
+        let mut f = frame(ip(src), ip(dst), 44, 0, 0, 0, 0, 8 + l4.len());
+        let fh = &mut f[54..62];
+        fh[0] = proto;
+        fh[2..4].copy_from_slice(&((offset8 << 3) | more as u16).to_be_bytes());
+        fh[4..8].copy_from_slice(&id.to_be_bytes());
+        f[62..].copy_from_slice(l4);
+        f
+    }
+
+    #[test]
+    fn ipv6_fragments_of_allowed_flows_pass() {
+        let mut h = H::new();
+        h.rule(Rule::inbound(
+            Protocol::Udp,
+            Some(PortRange::single(9)),
+            cidr("fd00:1::/64"),
+        ));
+        let mut udp_hdr = vec![0u8; 16];
+        udp_hdr[0..2].copy_from_slice(&1000u16.to_be_bytes());
+        udp_hdr[2..4].copy_from_slice(&9u16.to_be_bytes());
+        let first = v6_fragment("fd00:1::5", VM6, IPPROTO_UDP, 0xabcd, 0, true, &udp_hdr);
+        let later = v6_fragment("fd00:1::5", VM6, IPPROTO_UDP, 0xabcd, 2, false, &[7; 16]);
+        let stray = v6_fragment("fd00:1::5", VM6, IPPROTO_UDP, 0xabce, 2, false, &[7; 16]);
+        assert!(!h.inb(&later), "before its first fragment");
+        assert!(h.inb(&first));
+        assert!(h.inb(&later));
+        assert!(!h.inb(&stray));
+        let denied = v6_fragment("fd00:2::5", VM6, IPPROTO_UDP, 1, 0, true, &udp_hdr);
+        assert!(!h.inb(&denied));
+        let c = h.fw.stats();
+        assert_eq!(
+            (
+                c.passed_new,
+                c.passed_fragment,
+                c.drop_fragment_unknown,
+                c.drop_denied
+            ),
+            (1, 1, 2, 1)
+        );
+        let f = h.fw.flows().iter().next().unwrap().1;
+        assert_eq!(
+            f.packets(crate::flowtable::FlowDir::Forward),
+            2,
+            "the later fragment is counted in its flow"
+        );
+        h.check_counters();
+    }
+
+    #[test]
+    fn runs_in_a_graph_between_a_generator_and_a_sink() {
+        use crate::Graph;
+        use crate::bricks::{Collect, PacketGen};
+        let pool = Pool::new(PoolConfig {
+            frame_count: 512,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut fw = Firewall::new(FirewallConfig::default(), Clock::manual()).unwrap();
+        fw.set_nic_addresses(vec![ip(VM)]);
+        let mut g = Graph::new("fw");
+        // The generator plays the VM (EAST of the firewall): its frames are outbound.
+        let frames = vec![
+            udp(VM, "10.0.0.1", 1, 53),
+            udp("10.0.0.99", "10.0.0.1", 1, 53), // not the VM's address
+            {
+                let mut arp = vec![0xffu8; 42];
+                arp[12..14].copy_from_slice(&[0x08, 0x06]);
+                arp
+            },
+        ];
+        g.add("sink", Collect::new()).unwrap();
+        g.add("fw", fw).unwrap();
+        g.add("vm", PacketGen::new(pool.clone(), frames, 30))
+            .unwrap();
+        g.link_chain(&["sink", "fw", "vm"]).unwrap();
+        g.sanity_check().unwrap();
+        assert_eq!(g.poll().unwrap(), 30);
+        let sink = g.get::<Collect>("sink").unwrap();
+        assert_eq!(sink.packets(Side::East), 20, "10 UDP + 10 ARP");
+        let st = g.stats("fw").unwrap();
+        assert_eq!(st.east.rx_packets, 30);
+        assert_eq!(st.west.tx_packets, 20);
+        let c = g.get::<Firewall>("fw").unwrap().stats();
+        assert_eq!(
+            (c.passed_new, c.passed_flow, c.passed_non_ip, c.drop_denied),
+            (1, 9, 10, 10)
+        );
+        assert_eq!(g.empty_bursts(), 0);
+    }
+
     #[test]
     fn a_fully_denied_burst_emits_nothing() {
         let mut h = H::new();
