@@ -361,10 +361,22 @@ impl<D: Copy> Ring<D> {
     }
 }
 
+impl<D> Ring<D> {
+    /// Unmaps the ring (a mapping keeps the socket alive, even after close). The ring must
+    /// not be used afterwards.
+    fn unmap(&mut self) {
+        if self.map_len > 0 {
+            // SAFETY: unmaps the mapping made in `Ring::map`, once (map_len is zeroed);
+            // the owner does not touch the ring after this.
+            unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
+            self.map_len = 0;
+        }
+    }
+}
+
 impl<D> Drop for Ring<D> {
     fn drop(&mut self) {
-        // SAFETY: unmaps the mapping made in `Ring::map`; nothing points into it after.
-        unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
+        self.unmap();
     }
 }
 
@@ -1236,8 +1248,13 @@ impl Drop for AfXdp {
                 b &= b - 1;
             }
         }
-        // Closing the socket unbinds it: the kernel stops using the frames it held (fill
+        // Unmapping the rings and closing the socket releases it (each mapping holds a
+        // reference): the kernel unbinds it and stops using the frames it held (fill
         // ring, TX ring, in flight), which can then go back to the pool.
+        self.rx.unmap();
+        self.tx.unmap();
+        self.fill.unmap();
+        self.comp.unmap();
         // SAFETY: `fd` is not used after this point (only the rings' mappings, which do
         // not need it, are dropped after).
         drop(unsafe { ManuallyDrop::take(&mut self.fd) });
