@@ -104,7 +104,7 @@ fn socket_errors_are_typed_and_explained() {
 fn attach_refuses_a_foreign_program_unless_told_to_replace() {
     require_root();
     let topo = Topology::new("axr");
-    let obj = format!("/tmp/{}-other.o", topo.host.name);
+    let obj = format!("/tmp/{}-other.o", topo.host.name());
     std::fs::write(&obj, LOADGEN_OBJECT).unwrap();
     topo.host.run_ok(&[
         "ip",
@@ -153,8 +153,8 @@ fn veth_native_attach_failures_explain_the_fix() {
     require_root();
     // ENOSPC: the peer has more TX queues than this end has RX queues.
     let ns = Netns::new("axq");
-    let a = unique("qa");
-    let b = unique("qb");
+    let a = unique_ifname("qa");
+    let b = unique_ifname("qb");
     ns.run_ok(&[
         "ip",
         "link",
@@ -190,8 +190,8 @@ fn veth_native_attach_failures_explain_the_fix() {
     // ERANGE: peer MTU above 3506 with a single-buffer program; the frags variant works.
     ns.run_ok(&["ip", "link", "set", &a, "mtu", "9000"]);
     ns.run_ok(&["ip", "link", "set", &b, "mtu", "9000"]);
-    let c = unique("qc");
-    let d = unique("qd");
+    let c = unique_ifname("qc");
+    let d = unique_ifname("qd");
     ns.run_ok(&[
         "ip", "link", "add", &c, "mtu", "9000", "type", "veth", "peer", "name", &d, "mtu", "9000",
     ]);
