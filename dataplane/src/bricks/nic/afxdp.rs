@@ -405,6 +405,9 @@ pub struct AfXdp {
     multi_buffer: bool,
     /// Largest frame accepted for TX: MTU + Ethernet header + one VLAN tag, in bytes.
     max_tx_len: usize,
+    /// Descriptors left on the TX ring by the last kick (ENOBUFS...): kicked again on the
+    /// next poll, so they do not wait for the next transmitted burst.
+    tx_pending: bool,
     stats: AfXdpStats,
     steering: Option<SharedSteering>,
     xdp_mode: Option<AttachedMode>,
@@ -599,6 +602,7 @@ impl AfXdp {
             busy_poll: cfg.busy_poll.is_some(),
             multi_buffer: cfg.multi_buffer,
             max_tx_len: mtu + 14 + 4,
+            tx_pending: false,
             stats: AfXdpStats::default(),
             steering: None,
             xdp_mode: None,
@@ -979,6 +983,7 @@ impl AfXdp {
     }
 
     fn kick_tx(&mut self) {
+        self.tx_pending = false;
         if self.need_wakeup && !self.tx.needs_wakeup() {
             return;
         }
@@ -1010,9 +1015,10 @@ impl AfXdp {
                         break;
                     }
                 }
-                _ => break, // ENOBUFS, ENETDOWN...: retried on the next burst
+                _ => break, // ENOBUFS, ENETDOWN...: retried on the next poll
             }
         }
+        self.tx_pending = self.tx.free() != self.tx.size;
     }
 
     /// Copies the data of fragment `d` to the end of `p` if it fits.
@@ -1057,6 +1063,9 @@ impl NicBackend for AfXdp {
     }
 
     fn rx_burst(&mut self, out: &mut Burst) -> Result<usize, BrickError> {
+        if self.tx_pending {
+            self.kick_tx();
+        }
         self.reclaim_completions();
         self.refill();
         let room = BURST_SIZE - out.len();
