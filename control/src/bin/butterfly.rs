@@ -32,26 +32,52 @@ const EXIT_CONNECT: u8 = 3;
 #[command(name = "butterfly", version, after_help = EXIT_CODES, propagate_version = true)]
 struct Cli {
     /// butterflyd's API Unix socket.
-    #[arg(long, short = 's', global = true, env = "BUTTERFLY_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, short = 's', global = true, help_heading = "Global options", env = "BUTTERFLY_SOCKET", default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
     /// Use butterflyd's TCP endpoint instead of the socket (TLS only), e.g.
     /// https://host:9610. Needs --tls-ca.
-    #[arg(long, global = true, env = "BUTTERFLY_SERVER", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "BUTTERFLY_SERVER",
+        value_name = "URL"
+    )]
     server: Option<String>,
     /// CA certificate (PEM) that signed the server's certificate (with --server).
-    #[arg(long, global = true, value_name = "PEM")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PEM"
+    )]
     tls_ca: Option<PathBuf>,
     /// Name to check in the server's certificate (default: the URL's host).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "NAME"
+    )]
     tls_domain: Option<String>,
     /// Client certificate (PEM) when the server requires one (with --tls-key).
-    #[arg(long, global = true, value_name = "PEM")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PEM"
+    )]
     tls_cert: Option<PathBuf>,
     /// Client private key (PEM) (with --tls-cert).
-    #[arg(long, global = true, value_name = "PEM")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PEM"
+    )]
     tls_key: Option<PathBuf>,
     /// Print JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     #[command(subcommand)]
     cmd: Cmd,
