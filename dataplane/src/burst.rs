@@ -1,5 +1,8 @@
 //! Bursts: up to [`BURST_SIZE`] packets moved together from brick to brick.
 
+use std::cell::RefCell;
+use std::mem::ManuallyDrop;
+
 use arrayvec::ArrayVec;
 
 use crate::packet::Packet;
@@ -11,17 +14,38 @@ pub const BURST_SIZE: usize = 64;
 ///
 /// Dropping a burst returns all its frames to their pools with one lock per pool
 /// (not one per packet).
-#[derive(Default)]
+///
+/// The 64 handles live in a boxed array recycled through a per-thread cache, so moving a
+/// burst from brick to brick moves one pointer, and making a burst allocates nothing once
+/// the cache is warm.
 pub struct Burst {
-    pkts: ArrayVec<Packet, BURST_SIZE>,
+    /// Always present; `ManuallyDrop` so `Drop` can move the box into the cache.
+    pkts: ManuallyDrop<Box<ArrayVec<Packet, BURST_SIZE>>>,
+}
+
+/// Most recycled burst arrays kept per thread.
+const BURST_CACHE: usize = 512;
+
+thread_local! {
+    // The boxes are the point: a burst moves as one pointer, and recycling keeps them.
+    #[allow(clippy::vec_box)]
+    static CACHE: RefCell<Vec<Box<ArrayVec<Packet, BURST_SIZE>>>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+impl Default for Burst {
+    fn default() -> Self {
+        Burst::new()
+    }
 }
 
 impl Burst {
     /// An empty burst.
     #[inline]
     pub fn new() -> Burst {
+        let cached = CACHE.try_with(|c| c.borrow_mut().pop()).ok().flatten();
         Burst {
-            pkts: ArrayVec::new(),
+            pkts: ManuallyDrop::new(cached.unwrap_or_default()),
         }
     }
 
@@ -101,7 +125,7 @@ impl Burst {
             }
         }
         let n = dropped.len();
-        std::mem::swap(&mut self.pkts, &mut kept.pkts);
+        std::mem::swap(&mut **self.pkts, &mut **kept.pkts);
         n
     }
 
@@ -116,7 +140,7 @@ impl Burst {
                 kept.pkts.push(p);
             }
         }
-        std::mem::swap(&mut self.pkts, &mut kept.pkts);
+        std::mem::swap(&mut **self.pkts, &mut **kept.pkts);
         taken
     }
 
@@ -156,6 +180,14 @@ fn release_all(pkts: &mut ArrayVec<Packet, BURST_SIZE>) {
 impl Drop for Burst {
     fn drop(&mut self) {
         release_all(&mut self.pkts);
+        // SAFETY: `pkts` is not used after this point (we are in drop).
+        let arr = unsafe { ManuallyDrop::take(&mut self.pkts) };
+        let _ = CACHE.try_with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() < BURST_CACHE {
+                c.push(arr);
+            }
+        });
     }
 }
 
@@ -174,7 +206,7 @@ impl IntoIterator for Burst {
     type Item = Packet;
     type IntoIter = arrayvec::IntoIter<Packet, BURST_SIZE>;
     fn into_iter(mut self) -> Self::IntoIter {
-        std::mem::take(&mut self.pkts).into_iter()
+        std::mem::take(&mut **self.pkts).into_iter()
     }
 }
 

@@ -50,13 +50,23 @@ pub struct BrickReport {
     pub errors: u64,
 }
 
+/// A burst waiting to be delivered: destination node, side and edge, and its byte count
+/// (computed once per hop for both the sender's TX and the receiver's RX counters).
+struct Pending {
+    node: usize,
+    side: Side,
+    edge: usize,
+    bytes: u64,
+    burst: Burst,
+}
+
 /// A graph of bricks.
 pub struct Graph {
     name: String,
     nodes: Vec<Option<Node>>,
     by_name: HashMap<String, usize>,
     sources: Vec<usize>,
-    pending: Vec<(usize, Side, usize, Burst)>,
+    pending: Vec<Pending>,
     emit: Emit,
 }
 
@@ -399,7 +409,14 @@ impl Graph {
         if burst.is_empty() {
             return Ok(());
         }
-        self.pending.push((id, side, edge, burst));
+        let bytes = burst.bytes();
+        self.pending.push(Pending {
+            node: id,
+            side,
+            edge,
+            bytes,
+            burst,
+        });
         self.run()
     }
 
@@ -467,10 +484,17 @@ impl Graph {
             };
             match node.edges[side.index()].get(edge).copied().flatten() {
                 Some(l) => {
+                    let bytes = burst.bytes();
                     let st = node.stats.side_mut(side);
                     st.tx_packets += burst.len() as u64;
-                    st.tx_bytes += burst.bytes();
-                    pending.push((l.node, l.side, l.edge, burst));
+                    st.tx_bytes += bytes;
+                    pending.push(Pending {
+                        node: l.node,
+                        side: l.side,
+                        edge: l.edge,
+                        bytes,
+                        burst,
+                    });
                 }
                 None => node.stats.unlinked_drops += burst.len() as u64,
             }
@@ -479,13 +503,20 @@ impl Graph {
 
     fn run(&mut self) -> Result<(), GraphError> {
         let mut first_err = None;
-        while let Some((id, side, edge, burst)) = self.pending.pop() {
+        while let Some(Pending {
+            node: id,
+            side,
+            edge,
+            bytes,
+            burst,
+        }) = self.pending.pop()
+        {
             let node = self.nodes[id]
                 .as_mut()
                 .expect("pending bursts go to live nodes");
             let st = node.stats.side_mut(side);
             st.rx_packets += burst.len() as u64;
-            st.rx_bytes += burst.bytes();
+            st.rx_bytes += bytes;
             if let Err(e) = node.brick.burst(side, edge, burst, &mut self.emit) {
                 node.errors += 1;
                 if first_err.is_none() {
@@ -605,5 +636,231 @@ impl std::fmt::Debug for Graph {
             .field("name", &self.name)
             .field("bricks", &self.by_name.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bricks::{Collect, Nop, PacketGen};
+    use crate::{Pool, PoolConfig};
+
+    fn pool() -> Pool {
+        Pool::new(PoolConfig {
+            frame_count: 1024,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn gen_nop_sink(p: &Pool, count: u64) -> Graph {
+        let mut g = Graph::new("t");
+        g.add("gen", PacketGen::new(p.clone(), vec![vec![7u8; 64]], count))
+            .unwrap();
+        g.add("nop", Nop::new()).unwrap();
+        g.add("sink", Collect::new()).unwrap();
+        g
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let mut g = Graph::new("t");
+        g.add("a", Nop::new()).unwrap();
+        assert!(matches!(g.add("a", Nop::new()), Err(GraphError::DuplicateName(n)) if n == "a"));
+    }
+
+    #[test]
+    fn dipole_accepts_one_edge_per_side_and_monopole_one_in_all() {
+        let p = pool();
+        let mut g = gen_nop_sink(&p, 1);
+        g.add("nop2", Nop::new()).unwrap();
+        g.link("gen", "nop").unwrap();
+        assert!(matches!(
+            g.link("nop2", "nop"),
+            Err(GraphError::EdgeFull {
+                side: Side::West,
+                ..
+            })
+        ));
+        // gen is a monopole already linked on EAST: no edge left on WEST either.
+        assert!(matches!(
+            g.link("nop2", "gen"),
+            Err(GraphError::EdgeFull { .. })
+        ));
+        assert!(matches!(g.link("nop", "nop"), Err(GraphError::SelfLink(_))));
+        assert!(matches!(
+            g.link("nop", "zzz"),
+            Err(GraphError::NoSuchBrick(_))
+        ));
+    }
+
+    #[test]
+    fn link_unlink_relink_moves_traffic() {
+        let p = pool();
+        let mut g = gen_nop_sink(&p, 200);
+        g.add("sink2", Collect::new()).unwrap();
+        g.link_chain(&["gen", "nop", "sink"]).unwrap();
+        g.sanity_check().unwrap_err(); // sink2 is not linked
+        g.poll().unwrap();
+        assert_eq!(g.get::<Collect>("sink").unwrap().packets(Side::West), 64);
+
+        g.unlink_edge("nop", "sink").unwrap();
+        assert!(matches!(
+            g.unlink_edge("nop", "sink"),
+            Err(GraphError::NotLinked(..))
+        ));
+        g.poll().unwrap();
+        // Sent to an unlinked edge: dropped and counted, frames back in the pool.
+        assert_eq!(g.stats("nop").unwrap().unlinked_drops, 64);
+        assert_eq!(g.get::<Collect>("sink").unwrap().packets(Side::West), 64);
+
+        g.link("nop", "sink2").unwrap();
+        g.sanity_check().unwrap_err(); // now sink is alone
+        g.remove("sink").unwrap();
+        g.sanity_check().unwrap();
+        g.poll().unwrap();
+        assert_eq!(g.get::<Collect>("sink2").unwrap().packets(Side::West), 64);
+        assert!(!g.contains("sink"));
+        assert_eq!(g.empty_bursts(), 0);
+    }
+
+    #[test]
+    fn unlink_removes_every_edge_and_frees_slots() {
+        let p = pool();
+        let mut g = gen_nop_sink(&p, 1);
+        g.link_chain(&["gen", "nop", "sink"]).unwrap();
+        g.unlink("nop").unwrap();
+        assert_eq!(
+            g.neighbours("nop", Side::West).unwrap(),
+            Vec::<Option<String>>::new()
+        );
+        assert_eq!(
+            g.neighbours("gen", Side::East).unwrap(),
+            Vec::<Option<String>>::new()
+        );
+        g.link_chain(&["gen", "nop", "sink"]).unwrap();
+        assert_eq!(g.edge_to("nop", Side::East, "sink"), Some(0));
+    }
+
+    #[test]
+    fn sanity_errors_name_the_problem() {
+        let mut g = Graph::new("t");
+        g.add("a", Nop::new()).unwrap();
+        assert!(matches!(g.sanity_check(), Err(GraphError::NoSource)));
+        let p = pool();
+        let mut g = gen_nop_sink(&p, 1);
+        g.link("gen", "nop").unwrap();
+        match g.sanity_check() {
+            Err(GraphError::Dangling { brick, side }) => {
+                assert_eq!((brick.as_str(), side), ("nop", Side::East));
+            }
+            other => panic!("expected a dangling nop, got {other:?}"),
+        }
+        g.link("nop", "sink").unwrap();
+        g.add("x", Nop::new()).unwrap();
+        g.add("y", Nop::new()).unwrap();
+        g.add("z", Collect::new()).unwrap();
+        g.link_chain(&["z", "x", "y", "z"]).unwrap();
+        match g.sanity_check() {
+            Err(GraphError::Unreachable(v)) => assert_eq!(v, vec!["x", "y", "z"]),
+            other => panic!("expected unreachable bricks, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_checks_the_type() {
+        let p = pool();
+        let g = gen_nop_sink(&p, 1);
+        assert!(g.get::<Nop>("nop").is_ok());
+        assert!(matches!(
+            g.get::<Collect>("nop"),
+            Err(GraphError::WrongType { kind: "nop", .. })
+        ));
+    }
+
+    #[test]
+    fn dot_lists_bricks_and_links() {
+        let p = pool();
+        let mut g = gen_nop_sink(&p, 1);
+        g.link_chain(&["gen", "nop", "sink"]).unwrap();
+        let dot = g.to_dot();
+        assert!(dot.starts_with("digraph \"t\" {"));
+        assert!(dot.contains("\"gen\" [label=\"gen\\n(packetgen)\", peripheries=2];"));
+        assert!(dot.contains("\"gen\" -> \"nop\""));
+        assert!(dot.contains("\"nop\" -> \"sink\""));
+        assert_eq!(dot.matches("->").count(), 2);
+    }
+
+    /// A brick that sends each packet back where it came from, in separate bursts of one,
+    /// to check the graph keeps emission order.
+    struct Splitter;
+    impl Brick for Splitter {
+        fn kind(&self) -> &'static str {
+            "splitter"
+        }
+        fn poles(&self) -> Poles {
+            Poles::Dipole
+        }
+        fn burst(
+            &mut self,
+            from: Side,
+            _edge: usize,
+            pkts: Burst,
+            out: &mut Emit,
+        ) -> Result<(), crate::BrickError> {
+            for p in pkts {
+                let mut b = Burst::new();
+                let _ = b.push(p);
+                out.send(from.opposite(), 0, b);
+            }
+            Ok(())
+        }
+    }
+
+    /// Records the first byte of every packet in arrival order.
+    #[derive(Default)]
+    struct Order(Vec<u32>);
+    impl Brick for Order {
+        fn kind(&self) -> &'static str {
+            "order"
+        }
+        fn poles(&self) -> Poles {
+            Poles::Monopole
+        }
+        fn burst(
+            &mut self,
+            _from: Side,
+            _edge: usize,
+            pkts: Burst,
+            _out: &mut Emit,
+        ) -> Result<(), crate::BrickError> {
+            for p in &pkts {
+                self.0
+                    .push(u32::from_be_bytes(p.data()[0..4].try_into().unwrap()));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn delivery_keeps_emission_order() {
+        let p = pool();
+        let mut g = Graph::new("t");
+        g.add(
+            "gen",
+            PacketGen::new(p.clone(), vec![vec![0u8; 60]], 64).with_sequence(0),
+        )
+        .unwrap();
+        g.add("split", Splitter).unwrap();
+        g.add("nop", Nop::new()).unwrap();
+        g.add("order", Order::default()).unwrap();
+        g.link_chain(&["gen", "split", "nop", "order"]).unwrap();
+        assert_eq!(g.poll().unwrap(), 64);
+        assert_eq!(
+            g.get::<Order>("order").unwrap().0,
+            (0..64).collect::<Vec<u32>>()
+        );
+        assert_eq!(g.stats("nop").unwrap().west.rx_packets, 64);
+        assert_eq!(p.available(), 1024);
     }
 }

@@ -26,8 +26,10 @@ pub mod bricks;
 pub mod burst;
 pub mod clock;
 pub mod error;
+pub mod flowtable;
 pub mod graph;
 pub mod packet;
+pub mod wire;
 pub mod worker;
 
 pub use brick::{Brick, BrickStats, Dest, Emit, Poles, Side, SideStats};

@@ -184,3 +184,58 @@ fn run(mut graph: Graph, cfg: WorkerConfig, rx: Receiver<Command>, stop: Arc<Ato
     tracing::info!(worker = %cfg.name, "worker stopped");
     graph
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bricks::{Collect, PacketGen};
+    use crate::{Pool, PoolConfig, Side};
+
+    #[test]
+    fn worker_runs_commands_between_polls_and_returns_the_graph() {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 256,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut g = Graph::new("w");
+        g.add(
+            "gen",
+            PacketGen::new(pool.clone(), vec![vec![1u8; 60]], 100),
+        )
+        .unwrap();
+        g.add("sink", Collect::new()).unwrap();
+        g.link("gen", "sink").unwrap();
+        let w = Worker::spawn(
+            g,
+            WorkerConfig {
+                cpu: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Wait until all 100 packets went through, reading counters via commands.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = w
+                .exec(|g| g.get::<Collect>("sink").unwrap().packets(Side::West))
+                .unwrap();
+            if n == 100 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {n} packets arrived"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A configuration command: give the generator more packets.
+        w.exec(|g| g.get_mut::<PacketGen>("gen").unwrap().add_count(28))
+            .unwrap();
+        let g = w.stop().unwrap();
+        // Packets may still be in flight when stop lands: the worker finishes its round.
+        let total = g.get::<Collect>("sink").unwrap().packets(Side::West);
+        assert!((100..=128).contains(&total), "{total}");
+        assert_eq!(g.stats("gen").unwrap().east.tx_packets, total);
+    }
+}

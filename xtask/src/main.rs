@@ -1,1 +1,111 @@
-fn main() {}
+//! `cargo xtask`: the one entry point for developers and CI.
+//!
+//! Build steps that cargo alone cannot express: installing the system packages the project
+//! needs (`deps`), running the whole test suite including the privileged end-to-end tests
+//! (`test`), the benchmarks (`bench`), the XDP programs (`build-ebpf`) and the demo (`demo`).
+//! Every external command is printed (`$ ...`) before it runs.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+mod deps;
+mod test;
+mod util;
+
+/// Developer tasks for Butterfly (run as `cargo xtask <COMMAND>`).
+///
+/// The commands that touch the system (`deps`, `test`, `demo`) expect root on Debian 12:
+/// they install apt packages and create network namespaces, TAP devices and XDP programs.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
+    about,
+    long_about
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install every apt package the project needs (idempotent; quiet when all present).
+    ///
+    /// Checks each package with dpkg-query and runs `apt-get update` and
+    /// `apt-get install -y --no-install-recommends` only for the missing ones
+    /// (DEBIAN_FRONTEND=noninteractive, no prompt). QEMU comes from bookworm-backports:
+    /// the backports apt source is added when none exists. Needs root when something is
+    /// missing.
+    Deps,
+
+    /// Run the whole test suite: deps, then cargo-nextest on the workspace, then doc tests.
+    ///
+    /// Runs `cargo nextest run --workspace --no-fail-fast` (profile in .config/nextest.toml)
+    /// and `cargo test --doc --workspace`. The end-to-end tests need root (network
+    /// namespaces, TAP, XDP); they fail, not skip, without it. Exits non-zero when any test
+    /// fails.
+    Test {
+        /// Skip `deps` (when you know the packages are there).
+        #[arg(long)]
+        no_deps: bool,
+        /// Extra arguments for cargo-nextest, after `--` (e.g. `-- -p packetgraph tap`).
+        #[arg(last = true)]
+        nextest_args: Vec<String>,
+    },
+
+    /// Run the benchmarks named NAME or NAME_* of the whole workspace (no NAME: list them).
+    ///
+    /// A benchmark is a bench target with `harness = false` that prints its figures as
+    /// stdout lines `RESULT <name>: <value> <unit> (ratio <r> vs <baseline>)`. Each matching
+    /// target runs with `cargo bench -p <package> --bench <target>`; its figures are printed
+    /// as they come, without the `RESULT ` prefix, and again all together at the end.
+    Bench {
+        /// Bench target name or prefix: `engine` runs `engine` and `engine_*`.
+        name: Option<String>,
+        /// Skip `deps`.
+        #[arg(long)]
+        no_deps: bool,
+    },
+
+    /// Build the XDP programs (the butterfly-ebpf crate; its build.rs runs clang -target bpf).
+    BuildEbpf,
+
+    /// Run the demo: deps, build, then a TAP ping through a packetgraph graph.
+    ///
+    /// Two network namespaces, each holding one TAP device owned by a graph
+    /// `tap(a) — print — nop — tap(b)`; pings between the namespaces cross the graph.
+    /// Prints each step, the brick counters and the graph as Graphviz dot, tears
+    /// everything down, and exits non-zero when a step fails. Needs root.
+    Demo {
+        /// Skip `deps`.
+        #[arg(long)]
+        no_deps: bool,
+    },
+    // `guest` (tiny QEMU guest images for tests and the demo) lives in `guest.rs`.
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Deps => deps::run(),
+        Command::Test {
+            no_deps,
+            nextest_args,
+        } => test::run(no_deps, &nextest_args),
+        Command::Bench { name, no_deps } => bench::run(name.as_deref(), no_deps),
+        Command::BuildEbpf => util::cargo(&["build", "-p", "butterfly-ebpf"]),
+        Command::Demo { no_deps } => demo::run(no_deps),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -106,7 +106,10 @@ impl Brick for PacketGen {
         let (next, seq, seq_off) = (&mut self.next, &mut self.seq, self.seq_offset);
         let got = self.pool.alloc_with(want, |mut p| {
             let t = &templates[*next];
-            *next = (*next + 1) % templates.len();
+            *next += 1;
+            if *next == templates.len() {
+                *next = 0;
+            }
             if let Ok(buf) = p.append(t.len()) {
                 buf.copy_from_slice(t);
             }

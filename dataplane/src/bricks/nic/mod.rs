@@ -4,6 +4,9 @@
 //! The brick is a pollable monopole: a poll reads up to one burst from the backend and
 //! sends it to the graph; a burst from the graph is transmitted by the backend.
 
+pub mod pcap;
+pub mod afxdp;
+
 use crate::brick::{Brick, Emit, Poles, Side};
 use crate::burst::Burst;
 use crate::error::BrickError;

@@ -1,0 +1,309 @@
+//! Engine benchmark (`cargo xtask bench engine`): the cost of moving bursts through bricks.
+//!
+//! Two graphs run on one thread, pinned to one CPU, with 64-byte frames:
+//! - `gen_sink` (the baseline): packetgen → sink;
+//! - `nop4`: packetgen → nop → nop → nop → nop → sink.
+//!
+//! The sink drops what it receives, so frames go straight back to the pool. Each graph is
+//! warmed up, then measured in several alternating rounds (the machine is shared: the best
+//! round of each is reported, both measured in the same run). A counting global allocator
+//! records every heap allocation made during the measured rounds: the packet path must make
+//! none. Prints:
+//!
+//! ```text
+//! RESULT engine.gen_sink: X Mpps (baseline)
+//! RESULT engine.nop4: X Mpps (ratio R vs gen_sink)
+//! RESULT engine.nop_hop: X ns per burst (ratio R vs gen_sink burst cost)
+//! RESULT engine.alloc_per_packet: 0 allocs (ratio A allocs / P packets, gen_sink A/P)
+//! ```
+//!
+//! Environment: `ENGINE_BENCH_ROUNDS` (default 5), `ENGINE_BENCH_ROUND_MS` (default 400),
+//! `ENGINE_BENCH_CPU` (default: the last CPU), `ENGINE_BENCH_PROFILE=gen_sink|nop4` (runs
+//! only that graph for the rounds and prints no RESULT: for `valgrind --tool=callgrind`).
+//! Exits with status 1 when the measured rounds allocated or lost packets.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use packetgraph::bricks::{Nop, PacketGen};
+use packetgraph::{Brick, BrickError, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side};
+
+/// Heap allocations (alloc, alloc_zeroed, realloc) since the start of the process.
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The system allocator, counting allocations.
+struct CountingAllocator;
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the GlobalAlloc
+// contract; the counter has no effect on the memory returned.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees (non-zero size layout).
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `ptr` was allocated by this allocator (i.e. by System) with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by this allocator (i.e. by System) with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// A monopole that drops every burst it receives (its frames go back to the pool at once)
+/// and counts the packets.
+#[derive(Default)]
+struct Sink {
+    packets: u64,
+}
+
+impl Brick for Sink {
+    fn kind(&self) -> &'static str {
+        "sink"
+    }
+
+    fn poles(&self) -> Poles {
+        Poles::Monopole
+    }
+
+    #[inline]
+    fn burst(
+        &mut self,
+        _from: Side,
+        _edge: usize,
+        pkts: Burst,
+        _out: &mut Emit,
+    ) -> Result<(), BrickError> {
+        self.packets += pkts.len() as u64;
+        Ok(())
+    }
+}
+
+/// A 64-byte Ethernet/IPv4/UDP frame (10.0.0.1:1024 → 10.0.0.2:4789, 22 bytes of payload).
+fn frame64() -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]); // dst MAC
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // src MAC
+    f.extend_from_slice(&[0x08, 0x00]); // IPv4
+    f.extend_from_slice(&[0x45, 0, 0, 50, 0, 0, 0x40, 0, 64, 17, 0, 0]); // IPv4, len 50
+    f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    f.extend_from_slice(&[0x04, 0x00, 0x12, 0xb5, 0, 30, 0, 0]); // UDP, len 30
+    f.resize(64, 0xab);
+    f
+}
+
+/// One graph under test.
+struct Case {
+    name: &'static str,
+    graph: Graph,
+    pool: Pool,
+    frames: u32,
+    /// Best packets per second over the rounds.
+    best_pps: f64,
+    packets: u64,
+    allocations: u64,
+}
+
+impl Case {
+    fn new(name: &'static str, nops: usize) -> Case {
+        let cfg = PoolConfig {
+            frame_count: 1024,
+            ..Default::default()
+        };
+        let pool = Pool::new(cfg).expect("pool");
+        let mut graph = Graph::new(name);
+        graph
+            .add(
+                "gen",
+                PacketGen::new(pool.clone(), vec![frame64()], u64::MAX),
+            )
+            .expect("add gen");
+        let mut chain = vec!["gen".to_string()];
+        for i in 0..nops {
+            let n = format!("nop{i}");
+            graph.add(n.clone(), Nop::new()).expect("add nop");
+            chain.push(n);
+        }
+        graph.add("sink", Sink::default()).expect("add sink");
+        chain.push("sink".into());
+        let names: Vec<&str> = chain.iter().map(String::as_str).collect();
+        graph.link_chain(&names).expect("link");
+        graph.sanity_check().expect("sane graph");
+        Case {
+            name,
+            graph,
+            pool,
+            frames: cfg.frame_count,
+            best_pps: 0.0,
+            packets: 0,
+            allocations: 0,
+        }
+    }
+
+    fn sunk(&self) -> u64 {
+        self.graph.get::<Sink>("sink").expect("sink").packets
+    }
+
+    /// Polls for about `d`; returns (packets, elapsed).
+    fn spin(&mut self, d: Duration) -> (u64, Duration) {
+        let before = self.sunk();
+        let start = Instant::now();
+        let elapsed = loop {
+            for _ in 0..256 {
+                let _ = self.graph.poll();
+            }
+            let e = start.elapsed();
+            if e >= d {
+                break e;
+            }
+        };
+        (self.sunk() - before, elapsed)
+    }
+
+    fn round(&mut self, d: Duration) {
+        let a0 = ALLOCATIONS.load(Ordering::Relaxed);
+        let (n, e) = self.spin(d);
+        let a1 = ALLOCATIONS.load(Ordering::Relaxed);
+        self.allocations += a1 - a0;
+        self.packets += n;
+        self.best_pps = self.best_pps.max(n as f64 / e.as_secs_f64());
+    }
+
+    /// Packets generated, sunk, and frames back in the pool must all agree.
+    fn check(&self) -> Result<(), String> {
+        let generated = self.graph.get::<PacketGen>("gen").expect("gen").generated();
+        if generated != self.sunk() {
+            return Err(format!(
+                "{}: generated {generated} packets but the sink got {}",
+                self.name,
+                self.sunk()
+            ));
+        }
+        if self.pool.available() != self.frames as usize {
+            return Err(format!(
+                "{}: {} of {} frames are back in the pool",
+                self.name,
+                self.pool.available(),
+                self.frames
+            ));
+        }
+        if self.graph.empty_bursts() != 0 {
+            return Err(format!("{}: empty bursts were emitted", self.name));
+        }
+        Ok(())
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Pins the thread to one CPU (the last one unless `ENGINE_BENCH_CPU` says otherwise).
+fn pin() -> Option<usize> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = env_u64("ENGINE_BENCH_CPU", cpus as u64 - 1) as usize;
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).ok()?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).ok()?;
+    Some(cpu)
+}
+
+fn main() {
+    let rounds = env_u64("ENGINE_BENCH_ROUNDS", 5).max(1);
+    let round = Duration::from_millis(env_u64("ENGINE_BENCH_ROUND_MS", 400).max(10));
+    let cpu = pin();
+    println!(
+        "engine: {rounds} rounds of {round:?} per graph, 64-byte frames, one thread, CPU {}",
+        cpu.map_or("unpinned".into(), |c| c.to_string())
+    );
+    let mut base = Case::new("gen_sink", 0);
+    let mut nop4 = Case::new("nop4", 4);
+    if let Ok(only) = std::env::var("ENGINE_BENCH_PROFILE") {
+        let c = if only == "gen_sink" {
+            &mut base
+        } else {
+            &mut nop4
+        };
+        for _ in 0..rounds {
+            c.round(round);
+        }
+        println!(
+            "engine: profiled {}: {} packets, {} allocations",
+            c.name, c.packets, c.allocations
+        );
+        return;
+    }
+    // Warm-up: caches, branch predictors, and any lazily grown buffer (Emit, pending
+    // stack) reach their steady state before allocations are counted.
+    base.spin(Duration::from_millis(200));
+    nop4.spin(Duration::from_millis(200));
+    base.packets = 0;
+    nop4.packets = 0;
+    for r in 0..rounds {
+        base.round(round);
+        nop4.round(round);
+        println!(
+            "round {}: gen_sink {:.2} Mpps, nop4 {:.2} Mpps (best so far)",
+            r + 1,
+            base.best_pps / 1e6,
+            nop4.best_pps / 1e6
+        );
+    }
+    let base_mpps = base.best_pps / 1e6;
+    let nop4_mpps = nop4.best_pps / 1e6;
+    // Per-burst cost of one nop hop: the extra time per packet of nop4 over gen_sink,
+    // divided by 4 hops, times 64 packets per burst.
+    let base_burst_ns = 64.0 * 1e9 / base.best_pps;
+    let hop_ns = (1e9 / nop4.best_pps - 1e9 / base.best_pps) / 4.0 * 64.0;
+    println!("RESULT engine.gen_sink: {base_mpps:.2} Mpps (baseline)");
+    println!(
+        "RESULT engine.nop4: {nop4_mpps:.2} Mpps (ratio {:.2} vs gen_sink)",
+        nop4_mpps / base_mpps
+    );
+    println!(
+        "RESULT engine.nop_hop: {hop_ns:.1} ns per burst of 64 (ratio {:.2} vs gen_sink \
+         burst {base_burst_ns:.1} ns)",
+        hop_ns / base_burst_ns
+    );
+    let per_packet = nop4.allocations as f64 / nop4.packets.max(1) as f64;
+    println!(
+        "RESULT engine.alloc_per_packet: {per_packet} allocs (ratio {} allocs / {} packets \
+         in nop4; gen_sink {} / {})",
+        nop4.allocations, nop4.packets, base.allocations, base.packets
+    );
+    let mut failed = false;
+    for c in [&base, &nop4] {
+        if let Err(e) = c.check() {
+            eprintln!("engine: FAILED: {e}");
+            failed = true;
+        }
+        if c.allocations != 0 {
+            eprintln!(
+                "engine: FAILED: {} allocated {} times on the packet path",
+                c.name, c.allocations
+            );
+            failed = true;
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}

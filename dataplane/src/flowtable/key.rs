@@ -1,0 +1,298 @@
+//! 5-tuples and the normalised flow key.
+//!
+//! A [`FiveTuple`] is a packet's view (source first). A [`FlowKey`] is the same 5-tuple
+//! plus a zone, with the two endpoints sorted so that both directions of a connection give
+//! the same key; [`FlowKey::new`] also says whether the packet's source was the "low"
+//! endpoint, which the flow table compares with the flow's forward direction.
+//!
+//! Addresses are kept as 16 bytes: IPv6 as is, IPv4 as IPv4-mapped IPv6 addresses
+//! (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2), with an explicit family flag so an IPv4 flow and
+//! an IPv6 flow to `::ffff:a.b.c.d` never share a key.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// IP protocol number of ICMP (RFC 792).
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP (RFC 9293).
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP (RFC 768).
+pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of ICMPv6 (RFC 4443).
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// An IPv4 address as the 16 bytes of its IPv4-mapped IPv6 form (RFC 4291 §2.5.5.2).
+#[inline]
+pub fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// The 16-byte form of an address (IPv4 mapped, see [`mapped_v4`]).
+#[inline]
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => mapped_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Back from the 16-byte form: IPv4 when `ipv6` is false (the last 4 bytes).
+#[inline]
+pub fn bytes_addr(b: &[u8; 16], ipv6: bool) -> IpAddr {
+    if ipv6 {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
+    }
+}
+
+/// A packet's 5-tuple, source first.
+///
+/// `sport`/`dport` are the TCP or UDP ports; for ICMP and ICMPv6 echo (and other
+/// query/response types that carry an identifier) both hold the identifier, so a request
+/// and its reply give the same key; for other protocols (and other ICMP types) both are 0.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    /// Source address (16-byte form, see [`addr_bytes`]).
+    pub src: [u8; 16],
+    /// Destination address (16-byte form).
+    pub dst: [u8; 16],
+    /// Source port (or ICMP identifier, or 0).
+    pub sport: u16,
+    /// Destination port (or ICMP identifier, or 0).
+    pub dport: u16,
+    /// IP protocol number (IPv4 protocol / IPv6 upper-layer next header).
+    pub proto: u8,
+    /// True for IPv6, false for IPv4.
+    pub ipv6: bool,
+}
+
+impl FiveTuple {
+    /// A 5-tuple from addresses of the same family.
+    ///
+    /// # Panics
+    /// When `src` and `dst` are of different families (a caller bug).
+    pub fn new(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16) -> FiveTuple {
+        assert_eq!(
+            src.is_ipv6(),
+            dst.is_ipv6(),
+            "5-tuple with mixed address families"
+        );
+        FiveTuple {
+            src: addr_bytes(src),
+            dst: addr_bytes(dst),
+            sport,
+            dport,
+            proto,
+            ipv6: src.is_ipv6(),
+        }
+    }
+
+    /// Source address.
+    pub fn src_ip(&self) -> IpAddr {
+        bytes_addr(&self.src, self.ipv6)
+    }
+
+    /// Destination address.
+    pub fn dst_ip(&self) -> IpAddr {
+        bytes_addr(&self.dst, self.ipv6)
+    }
+
+    /// The 5-tuple of the other direction.
+    pub fn reversed(&self) -> FiveTuple {
+        FiveTuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ..*self
+        }
+    }
+}
+
+impl fmt::Debug for FiveTuple {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for FiveTuple {
+    /// `proto 6 10.0.0.1:1234 -> 10.0.0.2:80`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (s, d) = (self.src_ip(), self.dst_ip());
+        if self.ipv6 {
+            write!(
+                f,
+                "proto {} [{s}]:{} -> [{d}]:{}",
+                self.proto, self.sport, self.dport
+            )
+        } else {
+            write!(
+                f,
+                "proto {} {s}:{} -> {d}:{}",
+                self.proto, self.sport, self.dport
+            )
+        }
+    }
+}
+
+/// A normalised flow key: 5-tuple with sorted endpoints, plus a zone (a VNI or a NIC id,
+/// so equal 5-tuples of different tenants stay apart). 44 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    lo: [u8; 16],
+    hi: [u8; 16],
+    zone: u32,
+    lo_port: u16,
+    hi_port: u16,
+    proto: u8,
+    ipv6: u8,
+    _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The key of `t` in `zone`, and whether `t`'s source is the key's low endpoint
+    /// (endpoints are ordered by (address, port)).
+    #[inline]
+    pub fn new(t: &FiveTuple, zone: u32) -> (FlowKey, bool) {
+        let src_is_lo = (t.src, t.sport) <= (t.dst, t.dport);
+        let (lo, lo_port, hi, hi_port) = if src_is_lo {
+            (t.src, t.sport, t.dst, t.dport)
+        } else {
+            (t.dst, t.dport, t.src, t.sport)
+        };
+        (
+            FlowKey {
+                lo,
+                hi,
+                zone,
+                lo_port,
+                hi_port,
+                proto: t.proto,
+                ipv6: t.ipv6 as u8,
+                _pad: [0; 2],
+            },
+            src_is_lo,
+        )
+    }
+
+    /// The 5-tuple whose source is the low endpoint (`src_is_lo`) or the high one.
+    pub fn tuple(&self, src_is_lo: bool) -> FiveTuple {
+        let t = FiveTuple {
+            src: self.lo,
+            dst: self.hi,
+            sport: self.lo_port,
+            dport: self.hi_port,
+            proto: self.proto,
+            ipv6: self.ipv6 != 0,
+        };
+        if src_is_lo { t } else { t.reversed() }
+    }
+
+    /// The zone (VNI or NIC id).
+    pub fn zone(&self) -> u32 {
+        self.zone
+    }
+
+    /// The IP protocol number.
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    /// A 64-bit hash of the key (FxHash-style multiply-rotate over 8-byte words, then the
+    /// MurmurHash3 `fmix64` finaliser so the low bits are usable as a table index).
+    #[inline]
+    pub fn hash64(&self) -> u64 {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let w = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        let words = [
+            w(&self.lo[..8]),
+            w(&self.lo[8..]),
+            w(&self.hi[..8]),
+            w(&self.hi[8..]),
+            (self.zone as u64) << 32 | (self.lo_port as u64) << 16 | self.hi_port as u64,
+            (self.proto as u64) << 8 | self.ipv6 as u64,
+        ];
+        let mut h = 0u64;
+        for x in words {
+            h = (h.rotate_left(5) ^ x).wrapping_mul(K);
+        }
+        fmix64(h)
+    }
+}
+
+/// MurmurHash3's 64-bit finaliser: every input bit affects every output bit.
+#[inline]
+pub fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+impl fmt::Debug for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "zone {} {}", self.zone, self.tuple(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_directions_give_the_same_key() {
+        let t = FiveTuple::new(
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            IPPROTO_TCP,
+            40000,
+            80,
+        );
+        let (k1, lo1) = FlowKey::new(&t, 42);
+        let (k2, lo2) = FlowKey::new(&t.reversed(), 42);
+        assert_eq!(k1, k2);
+        assert_eq!(k1.hash64(), k2.hash64());
+        assert_ne!(lo1, lo2);
+        assert_eq!(k1.tuple(lo1), t);
+        assert_eq!(k1.tuple(lo2), t.reversed());
+        let (k3, _) = FlowKey::new(&t, 43);
+        assert_ne!(k1, k3, "zones keep equal 5-tuples apart");
+        assert_eq!(std::mem::size_of::<FlowKey>(), 44);
+    }
+
+    #[test]
+    fn same_address_different_ports_normalise_by_port() {
+        let a: IpAddr = "::1".parse().unwrap();
+        let t = FiveTuple::new(a, a, IPPROTO_UDP, 9, 7);
+        let (k1, lo1) = FlowKey::new(&t, 0);
+        let (k2, lo2) = FlowKey::new(&t.reversed(), 0);
+        assert_eq!(k1, k2);
+        assert!(!lo1 && lo2);
+        assert_eq!(t.to_string(), "proto 17 [::1]:9 -> [::1]:7");
+    }
+
+    #[test]
+    fn v4_and_mapped_v6_differ() {
+        let t4 = FiveTuple::new(
+            "1.2.3.4".parse().unwrap(),
+            "5.6.7.8".parse().unwrap(),
+            17,
+            1,
+            2,
+        );
+        let t6 = FiveTuple::new(
+            "::ffff:1.2.3.4".parse().unwrap(),
+            "::ffff:5.6.7.8".parse().unwrap(),
+            17,
+            1,
+            2,
+        );
+        assert_ne!(FlowKey::new(&t4, 0).0, FlowKey::new(&t6, 0).0);
+        assert_eq!(t4.src_ip(), "1.2.3.4".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,40 @@
+//! `cargo xtask test`: deps, then the whole test suite with cargo-nextest, then doc tests.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{deps, util};
+
+/// Runs deps (unless `no_deps`), `cargo nextest run --workspace --no-fail-fast [extra]`
+/// and `cargo test --doc --workspace`. Both suites run even when the first fails.
+///
+/// # Errors
+/// When deps fails, cargo-nextest is missing, or any test fails.
+pub fn run(no_deps: bool, extra: &[String]) -> Result<()> {
+    if !no_deps {
+        deps::run()?;
+    }
+    if !util::is_root() {
+        println!("test: warning: not root; the end-to-end tests (netns, TAP, XDP, QEMU) will fail");
+    }
+    let nextest_present = Command::new(util::cargo_bin())
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nextest_present {
+        bail!("cargo-nextest is not installed: cargo install cargo-nextest --locked");
+    }
+    let mut args = vec!["nextest", "run", "--workspace", "--no-fail-fast"];
+    args.extend(extra.iter().map(String::as_str));
+    let unit = util::cargo(&args);
+    let doc = util::cargo(&["test", "--doc", "--workspace"]);
+    match (unit, doc) {
+        (Ok(()), Ok(())) => {
+            println!("test: all tests passed");
+            Ok(())
+        }
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => bail!("{a}; {b}"),
+    }
+}
