@@ -424,6 +424,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid() {
+        let o: Options = toml::from_str(include_str!("../butterflyd.example.toml")).unwrap();
+        let s = Settings::resolve(o).unwrap();
+        assert_eq!((s.nic.as_str(), s.ip.to_string().as_str()), ("eth0", "192.0.2.1"));
+        // Every commented key is a real option too.
+        let all: String = include_str!("../butterflyd.example.toml")
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = ") && !l.starts_with("butterfly"))
+            .map(|l| l.split('#').next().unwrap().trim().to_string() + "\n")
+            .collect();
+        let o: Options = toml::from_str(&all).unwrap();
+        assert!(o.api_tcp.is_some() && o.prometheus.is_some() && o.worker_cpu.is_some());
+    }
+
+    #[test]
     fn file_errors_are_precise() {
         let e = toml::from_str::<Options>("nic = \"eth0\"\ncolour = 3\n").unwrap_err();
         assert!(e.to_string().contains("unknown field `colour`"), "{e}");
