@@ -427,7 +427,10 @@ mod tests {
     fn the_example_file_is_valid() {
         let o: Options = toml::from_str(include_str!("../butterflyd.example.toml")).unwrap();
         let s = Settings::resolve(o).unwrap();
-        assert_eq!((s.nic.as_str(), s.ip.to_string().as_str()), ("eth0", "192.0.2.1"));
+        assert_eq!(
+            (s.nic.as_str(), s.ip.to_string().as_str()),
+            ("eth0", "192.0.2.1")
+        );
         // Every commented key is a real option too.
         let all: String = include_str!("../butterflyd.example.toml")
             .lines()
