@@ -199,7 +199,7 @@ impl fmt::Display for Direction {
 }
 
 /// The IP protocol a rule matches. Numbers of named protocols are normalised to the
-/// name (6 → tcp, 17 → udp, 1 → icmp), so equal rules compare equal.
+/// name (6 → tcp, 17 → udp, 1 → icmp, 58 → icmpv6), so equal rules compare equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// Any protocol.
@@ -208,9 +208,11 @@ pub enum Protocol {
     Tcp,
     /// UDP (17).
     Udp,
-    /// ICMP (1).
+    /// ICMP (1), IPv4 only.
     Icmp,
-    /// Any other IANA protocol number (0..=255), e.g. 58 for ICMPv6.
+    /// ICMPv6 (58), IPv6 only.
+    Icmpv6,
+    /// Any other IANA protocol number (0..=255).
     Number(u8),
 }
 
@@ -223,7 +225,7 @@ impl Protocol {
 
 /// Why a protocol did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a protocol (expected tcp, udp, icmp, all or a number 0..=255)")]
+#[error("'{0}' is not a protocol (expected tcp, udp, icmp, icmpv6, all or a number 0..=255)")]
 pub struct ProtocolParseError(String);
 
 impl FromStr for Protocol {
@@ -234,6 +236,7 @@ impl FromStr for Protocol {
             "tcp" | "6" => Protocol::Tcp,
             "udp" | "17" => Protocol::Udp,
             "icmp" | "1" => Protocol::Icmp,
+            "icmpv6" | "58" => Protocol::Icmpv6,
             n => Protocol::Number(n.parse().map_err(|_| ProtocolParseError(s.to_string()))?),
         })
     }
@@ -246,6 +249,7 @@ impl fmt::Display for Protocol {
             Protocol::Tcp => f.write_str("tcp"),
             Protocol::Udp => f.write_str("udp"),
             Protocol::Icmp => f.write_str("icmp"),
+            Protocol::Icmpv6 => f.write_str("icmpv6"),
             Protocol::Number(n) => write!(f, "{n}"),
         }
     }
@@ -1181,7 +1185,20 @@ impl Config {
             }
         };
         let source = match (&spec.cidr, &spec.sg_members) {
-            (Some(c), None) => RuleSource::Cidr(parse_cidr("cidr", c)?),
+            (Some(c), None) => {
+                let net = parse_cidr("cidr", c)?;
+                let wrong = match protocol {
+                    Protocol::Icmp if net.addr().is_ipv6() => Some("icmp is IPv4 only; use icmpv6"),
+                    Protocol::Icmpv6 if net.addr().is_ipv4() => {
+                        Some("icmpv6 is IPv6 only; use icmp")
+                    }
+                    _ => None,
+                };
+                if let Some(why) = wrong {
+                    return Err(FieldError::invalid("protocol", format!("{why} with {net}")));
+                }
+                RuleSource::Cidr(net)
+            }
             (None, Some(s)) => {
                 if s != sg {
                     self.sg("sg_members", s)?;

@@ -27,11 +27,16 @@
 //! - [`Dataplane::reconcile`]: make the graph match a whole configuration (at start from
 //!   the state file, after `load`, and to undo a change whose persistence failed).
 //!
+//! [`translate`] turns the model into the bricks' settings (firewall groups, antispoof,
+//! flood destinations).
+//!
 //! A call that fails must leave the graph as it was and say which field caused it
 //! ([`DataplaneError::Refused`]) when the cause is in the request (for example a socket
 //! path another process holds).
 
 use crate::model::{Config, DesiredChange};
+
+pub mod translate;
 
 /// Why the dataplane could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
