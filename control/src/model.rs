@@ -2526,3 +2526,229 @@ mod tests {
         assert!(multicast_group(7, v4).is_multicast() && multicast_group(7, v6).is_multicast());
     }
 }
+
+/// Random request sequences: whatever the requests, `apply` never panics, a refusal
+/// leaves the configuration unchanged, and every accepted configuration is consistent
+/// and rebuilds identically from its dump.
+#[cfg(test)]
+mod random_tests {
+    use super::*;
+
+    /// xorshift64*: deterministic, so a failure is reproducible from its seed.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[(self.next() % items.len() as u64) as usize]
+        }
+        fn coin(&mut self) -> bool {
+            self.next() & 1 == 1
+        }
+    }
+
+    const IDS: &[&str] = &["a", "b", "c", "", "x y"];
+    const MACS: &[&str] = &[
+        "52:54:00:00:00:01",
+        "52:54:00:00:00:02",
+        "01:00:5e:00:00:01",
+        "zz",
+        "00:00:00:00:00:00",
+    ];
+    const IPS: &[&str] = &[
+        "10.0.0.1",
+        "10.0.0.2",
+        "fd00::1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "nope",
+        "192.0.2.1",
+        "192.0.2.9",
+    ];
+    const CIDRS: &[&str] = &[
+        "0.0.0.0/0",
+        "10.0.0.0/8",
+        "10.0.0.1/8",
+        "fd00::/8",
+        "1.2.3.4/33",
+        "x",
+    ];
+    const PROTOS: &[&str] = &["tcp", "udp", "icmp", "icmpv6", "all", "47", "300", "sctp"];
+    const VNIS: &[u32] = &[0, 7, 42, VNI_MAX, VNI_MAX + 1];
+    const PORTS: &[u32] = &[0, 1, 80, 443, 65535, 65536];
+
+    fn random_request(r: &mut Rng) -> Request {
+        let id = |r: &mut Rng| r.pick(IDS).to_string();
+        let ips = |r: &mut Rng| {
+            (0..r.next() % 3)
+                .map(|_| r.pick(IPS).to_string())
+                .collect::<Vec<_>>()
+        };
+        let sgs = |r: &mut Rng| {
+            (0..r.next() % 3)
+                .map(|_| r.pick(IDS).to_string())
+                .collect::<Vec<_>>()
+        };
+        let vni = |r: &mut Rng| VNIS[(r.next() % VNIS.len() as u64) as usize];
+        let port = |r: &mut Rng| PORTS[(r.next() % PORTS.len() as u64) as usize];
+        match r.next() % 13 {
+            0 | 1 => Request::NicAdd(NicSpec {
+                id: id(r),
+                mac: r.pick(MACS).into(),
+                vni: vni(r),
+                ips: ips(r),
+                security_groups: sgs(r),
+                ip_antispoof: r.coin(),
+                bypass_filtering: r.coin(),
+                nic_type: if r.coin() {
+                    NicType::Tap
+                } else {
+                    NicType::VhostUserServer
+                },
+                socket_path: r
+                    .coin()
+                    .then(|| r.pick(&["/tmp/s.sock", "rel", "/tmp/t.sock"]).into()),
+                packet_trace: r.coin(),
+                packet_trace_path: r.coin().then(|| r.pick(&["/tmp/a.pcap", "b.pcap"]).into()),
+            }),
+            2 => Request::NicUpdate(NicUpdate {
+                id: id(r),
+                ips: r.coin().then(|| ips(r)),
+                security_groups: r.coin().then(|| sgs(r)),
+                ip_antispoof: r.coin().then(|| r.coin()),
+                bypass_filtering: None,
+                packet_trace: r.coin().then(|| r.coin()),
+                packet_trace_path: r
+                    .coin()
+                    .then(|| r.pick(&["/tmp/a.pcap", "/tmp/c.pcap"]).into()),
+            }),
+            3 => Request::NicDel { id: id(r) },
+            4 => Request::NicSgAdd {
+                nic: id(r),
+                sg: id(r),
+            },
+            5 => Request::NicSgDel {
+                nic: id(r),
+                sg: id(r),
+            },
+            6 => Request::SgAdd { id: id(r) },
+            7 => Request::SgDel { id: id(r) },
+            8 => {
+                let ports = r.coin().then(|| (port(r), port(r)));
+                Request::SgRuleAdd {
+                    sg: id(r),
+                    rule: RuleSpec {
+                        id: r.coin().then(|| id(r)),
+                        direction: if r.coin() {
+                            Direction::In
+                        } else {
+                            Direction::Out
+                        },
+                        protocol: r.pick(PROTOS).into(),
+                        port_start: ports.map(|p| p.0),
+                        port_end: ports.map(|p| p.1),
+                        cidr: r.coin().then(|| r.pick(CIDRS).into()),
+                        sg_members: r.coin().then(|| id(r)),
+                    },
+                }
+            }
+            9 => Request::SgRuleDel {
+                sg: id(r),
+                rule_id: id(r),
+            },
+            10 => Request::SgMemberAdd {
+                sg: id(r),
+                ip: r.pick(IPS).into(),
+            },
+            11 => Request::SgMemberDel {
+                sg: id(r),
+                ip: r.pick(IPS).into(),
+            },
+            _ if r.coin() => Request::FloodAdd {
+                vni: vni(r),
+                vtep: r.pick(IPS).into(),
+            },
+            _ => Request::FloodDel {
+                vni: vni(r),
+                vtep: r.pick(IPS).into(),
+            },
+        }
+    }
+
+    /// Every reference points to something that exists.
+    fn check_consistent(c: &Config) {
+        for nic in c.nics.values() {
+            assert!(nic.vni <= VNI_MAX && !nic.mac.is_multicast() && !nic.mac.is_zero());
+            for sg in &nic.security_groups {
+                assert!(
+                    c.sgs.contains_key(sg),
+                    "nic {} names missing sg {sg}",
+                    nic.id
+                );
+            }
+            assert_eq!(nic.socket_path.is_some(), nic.nic_type.is_vhost_user());
+            assert!(!nic.packet_trace || nic.packet_trace_path.is_some());
+        }
+        for sg in c.sgs.values() {
+            for rule in &sg.rules {
+                if let RuleSource::SgMembers(other) = &rule.source {
+                    assert!(
+                        c.sgs.contains_key(other),
+                        "rule {} names missing sg {other}",
+                        rule.id
+                    );
+                }
+                if let Some(p) = rule.ports {
+                    assert!(p.start <= p.end && rule.protocol.has_ports());
+                }
+            }
+        }
+        for list in c.flood.values() {
+            assert!(!list.is_empty(), "empty flood lists are removed");
+        }
+    }
+
+    #[test]
+    fn random_request_sequences_keep_the_configuration_consistent() {
+        let ctx = Context {
+            vtep_ip: "192.0.2.1".parse().unwrap(),
+            vhost_socket_dir: "/run/butterfly/vhost".into(),
+            trace_dir: "/tmp".into(),
+        };
+        let mut accepted = 0;
+        for seed in 1..=200u64 {
+            let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut cfg = Config::default();
+            for _ in 0..60 {
+                let req = random_request(&mut r);
+                match cfg.apply(&req, &ctx) {
+                    Ok(out) => {
+                        accepted += 1;
+                        check_consistent(&out.config);
+                        cfg = out.config;
+                    }
+                    Err(e) => {
+                        assert!(
+                            !e.field.is_empty() && !e.reason.is_empty(),
+                            "seed {seed}: {req:?}"
+                        );
+                    }
+                }
+            }
+            let rebuilt = Config::default().apply_all(&cfg.to_requests(), true, &ctx);
+            assert_eq!(
+                rebuilt.map(|o| o.config).as_ref(),
+                Ok(&cfg),
+                "seed {seed}: dump does not replay"
+            );
+        }
+        assert!(
+            accepted > 600,
+            "the generator must exercise accepted requests too ({accepted})"
+        );
+    }
+}

@@ -207,6 +207,9 @@ struct NicAdd {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("change").required(true).multiple(true).args([
+    "ips", "no_ip", "sgs", "no_sg", "enable_antispoof", "bypass_filtering", "packet_trace", "trace_path",
+]))]
 struct NicUpdateArgs {
     /// NIC id.
     #[arg(long)]
@@ -1319,6 +1322,13 @@ mod tests {
             2
         );
         assert_eq!(parse(&["nic", "del"]).unwrap_err().exit_code(), 2);
+        // An update that changes nothing is a usage error.
+        assert_eq!(
+            parse(&["nic", "update", "--id", "v"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
     }
 
     #[test]
