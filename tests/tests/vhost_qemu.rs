@@ -60,7 +60,8 @@ struct Guest {
 }
 
 impl Guest {
-    fn start(name: &str, netdev_chardev: &str, mac: &str, ip: &str) -> Guest {
+    /// `args`: extra kernel command line for `/init` (`bf.peers=... bf.test=...`).
+    fn start(name: &str, netdev_chardev: &str, mac: &str, ip: &str, args: &str) -> Guest {
         let (kernel, initrd) = guest_image();
         let mut child = Command::new("qemu-system-x86_64")
             .args([
@@ -79,7 +80,7 @@ impl Guest {
             .arg("-initrd")
             .arg(&initrd)
             .arg("-append")
-            .arg(format!("console=ttyS0 quiet panic=-1 bf.ip={ip}"))
+            .arg(format!("console=ttyS0 quiet panic=-1 bf.ip={ip} {args}"))
             .args(["-chardev", netdev_chardev])
             .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
             .args([
@@ -245,6 +246,7 @@ impl TwoGuests {
             &format!("socket,id=c0,path={},server=on,wait=off", sock_b.display()),
             "52:54:00:00:00:0b",
             "10.0.0.2/24",
+            "",
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         while !sock_b.exists() {
@@ -282,6 +284,8 @@ impl TwoGuests {
             &format!("socket,id=c0,path={}{a_chardev_extra}", sock_a.display()),
             "52:54:00:00:00:0a",
             "10.0.0.1/24",
+            // /init pings B at each boot (B may not be up at the first one).
+            "bf.peers=10.0.0.2 bf.test=ping",
         );
         let mut b = b;
         a.wait_for("BF-IDLE", 0, Duration::from_secs(90));
@@ -353,7 +357,13 @@ fn vhost_qemu_two_guests_ping_tcp_reboot() {
     let mark = a.output().len();
     writeln!(a.stdin, "99 reboot -f").unwrap();
     a.stdin.flush().unwrap();
-    a.wait_for("BF-IDLE", mark, Duration::from_secs(90));
+    let ready = a.wait_for("BF-IDLE", mark, Duration::from_secs(90));
+    // The ping /init runs from the kernel command line at boot went through.
+    let boot = a.output()[mark..ready].to_string();
+    assert!(
+        boot.contains("BF-RESULT ping 10.0.0.2 ok"),
+        "ping at boot after the reboot failed:\n{boot}"
+    );
     wait_running(&worker, "vm-a", Duration::from_secs(20));
     ping(&mut a, "10.0.0.2");
     ping(&mut b, "10.0.0.1");
