@@ -395,9 +395,10 @@ fn vhost_qemu_two_guests_ping_tcp_reboot() {
 
 /// Butterfly (the vhost-user server) goes away and comes back while QEMU keeps running
 /// with `reconnect-ms`: QEMU reconnects, sets the device up again with the ring indices it
-/// kept, and traffic resumes.
+/// kept, and traffic resumes. Then the other way round: QEMU is killed and a new QEMU
+/// connects to the same brick.
 #[test]
-fn vhost_qemu_backend_restart_resumes_traffic() {
+fn vhost_qemu_backend_restart_and_qemu_restart_resume_traffic() {
     let TwoGuests {
         mut a,
         mut b,
@@ -428,6 +429,31 @@ fn vhost_qemu_backend_restart_resumes_traffic() {
         })
         .unwrap();
     wait_running(&worker, "vm-a", Duration::from_secs(30));
+    ping(&mut a, "10.0.0.2");
+    ping(&mut b, "10.0.0.1");
+
+    // QEMU restart: the brick sees the disconnection, then a new frontend.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while worker
+        .exec(|g| g.get::<Vhost>("vm-a").unwrap().is_running())
+        .unwrap()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "vm-a still running after QEMU died"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut a = Guest::start(
+        "a2",
+        &format!("socket,id=c0,path={},reconnect-ms=200", sock_a.display()),
+        "52:54:00:00:00:0a",
+        "10.0.0.1/24",
+        "",
+    );
+    a.wait_for("BF-IDLE", 0, Duration::from_secs(90));
+    wait_running(&worker, "vm-a", Duration::from_secs(20));
     ping(&mut a, "10.0.0.2");
     ping(&mut b, "10.0.0.1");
     let g = worker.stop().unwrap();
