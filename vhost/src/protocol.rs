@@ -522,7 +522,11 @@ impl ControlThread {
         let path = endpoint.path().to_path_buf();
         let listener = match &endpoint {
             Endpoint::Server(p) => {
-                let _ = std::fs::remove_file(p);
+                // Replace a stale socket left by a previous run, never another kind of file.
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+                    let _ = std::fs::remove_file(p);
+                }
                 let l = UnixListener::bind(p).map_err(|source| ProtocolError::Io {
                     path: p.clone(),
                     source,
@@ -951,5 +955,64 @@ mod tests {
             recv_message(&back),
             Err(ProtocolError::Disconnected)
         ));
+    }
+
+    fn get_features(s: &UnixStream) -> u64 {
+        let mut w = Vec::new();
+        w.extend_from_slice(&(FrontendReq::GET_FEATURES as u32).to_ne_bytes());
+        w.extend_from_slice(&FLAG_VERSION_1.to_ne_bytes());
+        w.extend_from_slice(&0u32.to_ne_bytes());
+        (&*s).write_all(&w).unwrap();
+        let mut r = [0u8; 20];
+        (&*s).read_exact(&mut r).unwrap();
+        u64::from_ne_bytes(r[12..20].try_into().unwrap())
+    }
+
+    fn wait_connected(shared: &Mutex<DeviceState>, want: bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while lock(shared).connected != want {
+            assert!(std::time::Instant::now() < deadline, "connected != {want}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The control thread as a server: answers, notices the disconnection, takes the next
+    /// frontend, and removes its socket when dropped.
+    #[test]
+    fn control_thread_server_serves_successive_frontends() {
+        let path = std::env::temp_dir().join(format!("bf-vhost-srv-{}.sock", std::process::id()));
+        let shared = Arc::new(Mutex::new(DeviceState::default()));
+        let ctl = ControlThread::spawn(Endpoint::Server(path.clone()), shared.clone()).unwrap();
+        for round in 1..=2u64 {
+            let s = UnixStream::connect(&path).unwrap();
+            assert_eq!(get_features(&s), OFFERED_FEATURES);
+            wait_connected(&shared, true);
+            assert_eq!(lock(&shared).connections, round);
+            drop(s);
+            wait_connected(&shared, false);
+        }
+        drop(ctl);
+        assert!(!path.exists(), "socket file left behind");
+    }
+
+    /// The control thread as a client: connects once the frontend listens, and again after
+    /// the frontend closed the connection.
+    #[test]
+    fn control_thread_client_connects_and_reconnects() {
+        let path = std::env::temp_dir().join(format!("bf-vhost-cli-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let shared = Arc::new(Mutex::new(DeviceState::default()));
+        let ctl = ControlThread::spawn(Endpoint::Client(path.clone()), shared.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        let l = UnixListener::bind(&path).unwrap();
+        for round in 1..=2u64 {
+            let (s, _) = l.accept().unwrap();
+            assert_eq!(get_features(&s), OFFERED_FEATURES);
+            assert_eq!(lock(&shared).connections, round);
+            // Closing makes the backend reconnect at once (the listener is still there).
+            drop(s);
+        }
+        drop(ctl);
+        let _ = std::fs::remove_file(&path);
     }
 }
