@@ -1049,6 +1049,69 @@ mod tests {
     }
 
     #[test]
+    fn burst_to_many_edges_sends_one_burst_per_edge_in_order() {
+        let p = pool(256);
+        let mut s = Switch::new();
+        let edges = 20;
+        for e in 0..edges {
+            s.on_link(Side::East, e);
+        }
+        s.on_link(Side::West, 0);
+        let mut out = Emit::new();
+        let station = |e: usize| [0x02, 0, 0, 0, 1, e as u8];
+        for e in 0..edges {
+            s.burst(
+                Side::East,
+                e,
+                burst(&p, &[frame(BCAST, station(e), 0)]),
+                &mut out,
+            )
+            .unwrap();
+            drop(out.take());
+        }
+        // 64 frames to the 20 stations in turn, plus broadcasts and a link-local frame.
+        let mut frames = Vec::new();
+        for i in 0..60u8 {
+            frames.push(frame(station(i as usize % edges), A, i));
+        }
+        frames.push(frame(BCAST, A, 60));
+        frames.push(frame([0x01, 0x80, 0xc2, 0, 0, 2], A, 61));
+        frames.push(frame(BCAST, A, 62));
+        frames.push(frame(station(3), A, 63));
+        let before = *s.stats();
+        s.burst(Side::West, 0, burst(&p, &frames), &mut out)
+            .unwrap();
+        assert_eq!(out.empty_bursts(), 0);
+        let mut per_edge = vec![Vec::new(); edges];
+        for (dest, b) in out.take() {
+            let crate::brick::Dest::Edge(Side::East, e) = dest else {
+                panic!("unexpected destination {dest:?}");
+            };
+            per_edge[e].push(b.iter().map(|p| p.data()[14]).collect::<Vec<u8>>());
+        }
+        for (e, bursts) in per_edge.iter().enumerate() {
+            let mut unicast: Vec<u8> = (0..60u8).filter(|i| *i as usize % edges == e).collect();
+            if e == 3 {
+                unicast.push(63);
+            }
+            // One unicast burst (in order) and one burst of the two broadcasts.
+            assert_eq!(bursts.len(), 2, "edge {e}: {bursts:?}");
+            assert!(bursts.contains(&unicast), "edge {e}: {bursts:?}");
+            assert!(bursts.contains(&vec![60, 62]), "edge {e}: {bursts:?}");
+        }
+        let c = s.stats();
+        assert_eq!(
+            (
+                c.unicast - before.unicast,
+                c.flooded - before.flooded,
+                c.drop_link_local - before.drop_link_local
+            ),
+            (61, 2, 1)
+        );
+        assert_eq!(c.flood_copies - before.flood_copies, 2 * (edges as u64 - 1));
+    }
+
+    #[test]
     fn mixed_burst_is_split_by_destination_in_order() {
         let p = pool(64);
         let mut g = graph(Switch::new());
