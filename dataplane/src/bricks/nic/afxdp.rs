@@ -25,6 +25,11 @@
 //! is reassembled by copying; a larger one is dropped and counted (`rx_jumbo_dropped`):
 //! for a jumbo MTU use 4096-byte frames, which hold 3840 bytes after the headroom.
 //!
+//! Since a frame belongs to exactly one owner at a time (the pool, a packet, or one
+//! socket's rings), one pool may also back several sockets opened with [`AfXdp::open`]
+//! (each registers the same region as its own UMEM): frames still move between them
+//! without a copy. [`AfXdp::open_shared`] shares one registration instead.
+//!
 //! Steering VXLAN to the socket is the XDP program's job (crate `butterfly-ebpf`):
 //! [`AfXdp::register`] puts the socket into its XSKMAP slot and takes it out on drop.
 
