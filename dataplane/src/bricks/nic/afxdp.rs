@@ -1085,9 +1085,10 @@ impl NicBackend for AfXdp {
         // A multi-buffer frame being reassembled, and whether it is already too big.
         let mut pending: Option<Packet> = None;
         let mut pending_bad = false;
+        let mut skipping = false;
         let frame_count = self.pool.frame_count();
         while used < avail {
-            if pending.is_none() && got == room {
+            if pending.is_none() && !skipping && got == room {
                 break;
             }
             let d = self.rx.read(used);
@@ -1099,6 +1100,12 @@ impl NicBackend for AfXdp {
             }
             self.mark_ours(frame);
             let more = self.multi_buffer && d.options & libc::XDP_PKT_CONTD != 0;
+            if skipping {
+                // The rest of a multi-buffer frame whose first descriptor was bad.
+                self.recycle(frame);
+                skipping = more;
+                continue;
+            }
             match pending.as_mut() {
                 None => {
                     let off = (d.addr & self.frame_mask) as usize;
@@ -1116,6 +1123,7 @@ impl NicBackend for AfXdp {
                         Err(_) => {
                             self.stats.rx_bad_desc += 1;
                             self.recycle(frame);
+                            skipping = more;
                         }
                     }
                 }
