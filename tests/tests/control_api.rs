@@ -4,8 +4,8 @@
 //!
 //! Needs no privileges and sends no packets: the daemon's VTEP address is 192.0.2.1
 //! (TEST-NET-1, never used), sockets live in a per-test temporary directory, TCP
-//! endpoints listen on 127.0.0.1. The binaries are built by the first test that needs
-//! them (`cargo build -p butterfly --bins`).
+//! endpoints listen on 127.0.0.1. The binaries come from the same target directory (see
+//! [`bin_dir`]).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,7 +15,36 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The directory holding `butterfly` and `butterflyd`, built once per test process.
+/// The newest modification time of the sources the binaries are built from.
+fn newest_source() -> std::time::SystemTime {
+    fn walk(p: &Path, newest: &mut std::time::SystemTime) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.file_name() != "target" {
+                    walk(&e.path(), newest);
+                }
+            }
+        } else if let Ok(m) = meta.modified() {
+            *newest = (*newest).max(m);
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for part in ["control", "dataplane", "vhost", "Cargo.toml", "Cargo.lock"] {
+        walk(&root.join(part), &mut newest);
+    }
+    newest
+}
+
+/// The directory holding `butterfly` and `butterflyd`. `cargo nextest run --workspace`
+/// builds them with everything else; when they are missing or older than their sources
+/// (e.g. `-p butterfly-tests` only), the first test builds them
+/// (`cargo build -p butterfly --bins`).
 fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -26,16 +55,27 @@ fn bin_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("target/<profile>")
             .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "butterfly", "--bins", "--quiet"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+        let built = |b: &str| {
+            std::fs::metadata(dir.join(b))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        let sources = newest_source();
+        let fresh = ["butterfly", "butterflyd"]
+            .iter()
+            .all(|b| built(b).is_some_and(|t| t >= sources));
+        if !fresh {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "butterfly", "--bins", "--quiet"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .status()
+                .expect("running cargo build -p butterfly --bins");
+            assert!(status.success(), "cargo build -p butterfly --bins failed");
         }
-        let status = cmd
-            .status()
-            .expect("running cargo build -p butterfly --bins");
-        assert!(status.success(), "cargo build -p butterfly --bins failed");
         for b in ["butterfly", "butterflyd"] {
             assert!(
                 dir.join(b).exists(),

@@ -77,8 +77,10 @@ pub struct NicCounters {
 
 /// What the API drives after a successful change of the desired configuration.
 ///
-/// Methods are synchronous and short (they post commands to workers and wait for them);
-/// the API calls them with the configuration lock held, so calls never overlap.
+/// Methods are synchronous. `apply` and `reconcile` may block (post commands to workers
+/// and wait for them): the API calls them on a blocking thread with the configuration
+/// lock held, so they never overlap. `nic_stats`, `graph_dot` and `describe` are called
+/// from the API's async runtime and must answer quickly (read counters, no waiting).
 pub trait Dataplane: Send + Sync + 'static {
     /// One line for `status`: what forwards packets (`"AF_XDP on eth0 (native, copy
     /// mode), 1 worker"`).
