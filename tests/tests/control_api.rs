@@ -1223,6 +1223,26 @@ fn tcp_endpoint_is_tls_with_client_certificates() {
         r.stdout
     );
     assert!(r.stdout.is_empty());
+    // A second daemon cannot take the same TCP port: it stops at start, saying why.
+    let other = t.0.join("other");
+    let out = Command::new(bin_dir().join("butterflyd"))
+        .args([
+            "--nic",
+            "lo",
+            "--ip",
+            "192.0.2.1",
+            "--no-dataplane",
+            "--api-socket",
+        ])
+        .arg(other.join("api.sock"))
+        .arg("--state-file")
+        .arg(other.join("state.json"))
+        .args(["--api-tcp", &addr, "--tls-cert", &cert, "--tls-key", &key])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("tcp:{addr}: bind")), "{err}");
     // Plain text on the TLS port gets no gRPC answer.
     let mut conn = TcpStream::connect(&addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
