@@ -27,8 +27,9 @@
 //! - [`Dataplane::reconcile`]: make the graph match a whole configuration (at start from
 //!   the state file, after `load`, and to undo a change whose persistence failed).
 //!
-//! [`translate`] turns the model into the bricks' settings (firewall groups, antispoof,
-//! flood destinations).
+//! [`topology`] gives the bricks and links a configuration asks for and the steps from one
+//! graph to the next; [`translate`] turns the model into the bricks' settings (firewall
+//! groups, antispoof, flood destinations).
 //!
 //! A call that fails must leave the graph as it was and say which field caused it
 //! ([`DataplaneError::Refused`]) when the cause is in the request (for example a socket
@@ -36,6 +37,7 @@
 
 use crate::model::{Config, DesiredChange};
 
+pub mod topology;
 pub mod translate;
 
 /// Why the dataplane could not do what was asked.
