@@ -8,7 +8,7 @@
 //!
 //! It owns the host graph of DESIGN.md (NIC (AF_XDP | DPDK) → VTEP → per VNI either the
 //! single NIC's chain or a switch with one chain per NIC; a chain is firewall → antispoof
-//! → [pcap sniffer] → vhost-user or tap) running on worker threads, and edits it with
+//! → \[pcap sniffer\] → vhost-user or tap) running on worker threads, and edits it with
 //! commands applied between polls (`Worker::exec`):
 //!
 //! - [`DesiredChange::NicAdded`]: create the vhost-user socket (server) or connect to it
