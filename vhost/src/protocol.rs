@@ -29,7 +29,7 @@ use virtio_queue::QueueT;
 use vm_memory::{ByteValued, FileOffset, GuestAddress, GuestRegionMmap, MmapRegion};
 
 use crate::device::{
-    DeviceState, MAX_QUEUE_SIZE, MemRegion, NUM_QUEUES, OFFERED_FEATURES, TX_QUEUE, VringAddrs,
+    DeviceState, MAX_QUEUE_SIZE, MemRegion, NUM_QUEUES, OFFERED_FEATURES, VringAddrs,
 };
 
 /// vhost-user header length in bytes (request, flags, size: three u32).
@@ -400,9 +400,9 @@ pub fn handle(
             let event_idx = st.features & crate::device::VIRTIO_RING_F_EVENT_IDX != 0;
             st.vrings[i].queue.set_event_idx(event_idx);
             let ready = st.place_ring(i);
-            if ready && i == TX_QUEUE {
-                // The brick polls: ask the driver not to kick (ignored with EVENT_IDX, where
-                // it kicks at most once per wrap of the index).
+            if ready {
+                // The brick polls both queues: ask the driver not to kick (with EVENT_IDX
+                // `avail_event` is left alone and it kicks at most once per index wrap).
                 let DeviceState { mem, vrings, .. } = &mut *st;
                 if let Some(m) = mem.as_ref() {
                     let _ = vrings[i].queue.disable_notification(m);
