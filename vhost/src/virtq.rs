@@ -147,6 +147,32 @@ fn pending(q: &Queue, mem: &GuestMem) -> Option<u16> {
     (n <= q.size()).then_some(n)
 }
 
+/// Copies guest memory at `addr` into `dst`. One region lookup when the range lies in one
+/// region (the common case); vm-memory's region-crossing copy otherwise. Both are bounds
+/// checked: `Err` when any byte is outside guest memory.
+#[inline]
+fn read_guest(mem: &GuestMem, addr: GuestAddress, dst: &mut [u8]) -> Result<(), ()> {
+    match vm_memory::GuestMemoryBackend::get_slice(mem, addr, dst.len()) {
+        Ok(s) => {
+            s.copy_to(dst);
+            Ok(())
+        }
+        Err(_) => mem.read_slice(dst, addr).map_err(|_| ()),
+    }
+}
+
+/// Copies `src` into guest memory at `addr` (see [`read_guest`]).
+#[inline]
+fn write_guest(mem: &GuestMem, addr: GuestAddress, src: &[u8]) -> Result<(), ()> {
+    match vm_memory::GuestMemoryBackend::get_slice(mem, addr, src.len()) {
+        Ok(s) => {
+            s.copy_from(src);
+            Ok(())
+        }
+        Err(_) => mem.write_slice(src, addr).map_err(|_| ()),
+    }
+}
+
 /// The transmit queue's side: chains → frames.
 #[derive(Debug, Default)]
 pub struct TxVirtio {
@@ -240,11 +266,10 @@ where
         let dst = pkt
             .append(len)
             .map_err(|_| ChainError::TooLong(max - hdr_len))?;
-        mem.read_slice(dst, desc.addr())
-            .map_err(|_| ChainError::OutOfMemory {
-                addr: desc.addr().0,
-                len: desc.len(),
-            })?;
+        read_guest(mem, desc.addr(), dst).map_err(|_| ChainError::OutOfMemory {
+            addr: desc.addr().0,
+            len: desc.len(),
+        })?;
     }
     if pkt.len() <= hdr_len {
         return Err(ChainError::Short(pkt.len()));
@@ -367,9 +392,7 @@ impl RxVirtio {
                     } else {
                         let from = written - hdr_len;
                         let n = (frame.len() - from).min(cap - off);
-                        mem.write_slice(&frame[from..from + n], addr)
-                            .map(|_| n)
-                            .map_err(|_| ())
+                        write_guest(mem, addr, &frame[from..from + n]).map(|_| n)
                     };
                     match res {
                         Ok(n) => {
@@ -428,7 +451,7 @@ impl RxVirtio {
         let mut hb = [0u8; crate::net_hdr::NET_HDR_LEN_V1];
         hdr.emit(&mut hb, hdr_len);
         for &(addr, from, n) in &hdr_at {
-            if mem.write_slice(&hb[from..from + n], addr).is_err() {
+            if write_guest(mem, addr, &hb[from..from + n]).is_err() {
                 return Err(RxError::Ring);
             }
         }
