@@ -995,9 +995,8 @@ impl Firewall {
             return Step::Done(true);
         }
         let len = data.len() as u32;
-        if let Fragment::Later { id } = ip.fragment {
-            return Step::Done(self.later_fragment(&ip, id, len));
-        }
+        // Later fragments are decided in order with the rest of the burst (their first
+        // fragment may be earlier in the same burst); their key is not used.
         let (key, lo) = FlowKey::new(&ip.tuple, self.zone);
         let h = key.hash64();
         Step::Flow(FlowStep {
@@ -1015,7 +1014,8 @@ impl Firewall {
         let ip = &s.ip;
         let first_frag = match ip.fragment {
             Fragment::First { id } => Some(id),
-            _ => None,
+            Fragment::Later { id } => return self.later_fragment(ip, id, s.len),
+            Fragment::No => None,
         };
         if let Some((id, fdir)) = self.flows.lookup(&s.key, s.h, s.lo) {
             self.flows.touch(id, fdir, s.len, ip.tcp_flags);
@@ -1833,6 +1833,33 @@ mod tests {
         fh[4..8].copy_from_slice(&id.to_be_bytes());
         f[62..].copy_from_slice(l4);
         f
+    }
+
+    #[test]
+    fn first_and_later_fragments_in_one_burst_pass() {
+        let mut h = H::new();
+        h.rule(Rule::inbound(
+            Protocol::Udp,
+            Some(PortRange::single(9)),
+            cidr("10.0.1.0/24"),
+        ));
+        let mut first = frame(ip("10.0.1.5"), ip(VM), IPPROTO_UDP, 1, 9, 0, 0, 64);
+        make_ipv4_fragment(&mut first, 5, true, 0);
+        let mut later = frame(ip("10.0.1.5"), ip(VM), 17, 0, 0, 0, 0, 0);
+        later.truncate(34);
+        later.extend_from_slice(&[0xab; 40]);
+        later[16..18].copy_from_slice(&60u16.to_be_bytes());
+        make_ipv4_fragment(&mut later, 5, false, 9);
+        let mut b = Burst::new();
+        for f in [&first, &later, &later] {
+            b.push(h.pool.packet_from(f).unwrap()).unwrap();
+        }
+        let mut out = Emit::new();
+        h.fw.burst(Side::West, 0, b, &mut out).unwrap();
+        let v = out.take();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].1.len(), 3, "{:?}", h.fw.stats());
+        assert_eq!(h.fw.stats().passed_fragment, 2);
     }
 
     #[test]
