@@ -648,3 +648,36 @@ fn firewall_allows_dhcp_by_default() {
     let c = lab.counters();
     assert_eq!(c.passed_new, 1, "{c:?}");
 }
+
+#[test]
+fn firewall_passes_later_fragments_of_allowed_flows() {
+    let lab = Lab::new(|fw| {
+        fw.add_rule(
+            "sg-a",
+            Rule::inbound(Protocol::Icmp, None, cidr("10.50.0.2/32")),
+        )
+        .unwrap();
+    });
+    // 3000 bytes of ICMP over a 1500-byte MTU: the request and the reply each go as
+    // three fragments; only the first carries the ICMP header.
+    let big = |src: &str| {
+        lab.net
+            .run(&[
+                "ping", "-n", "-c", "1", "-W", "2", "-s", "3000", "-I", src, VM4,
+            ])
+            .status
+            .success()
+    };
+    assert!(big(NET2), "fragmented echo from an allowed source");
+    let c = lab.counters();
+    assert!(
+        c.passed_fragment >= 4,
+        "later fragments both ways passed through the fragment table: {c:?}"
+    );
+    assert!(!big(NET3), "fragmented echo from a denied source");
+    let d = lab.counters();
+    assert!(
+        d.drop_fragment_unknown >= c.drop_fragment_unknown + 2,
+        "its later fragments were dropped: {d:?}"
+    );
+}
