@@ -47,6 +47,38 @@
 //! - **Malformed** IP headers (see [`crate::flowtable::parse`]) are dropped and counted
 //!   (`drop_malformed`); nothing panics whatever the bytes.
 //!
+//! # Example
+//! ```
+//! use packetgraph::bricks::firewall::{Firewall, FirewallConfig, Peer, PortRange, Protocol, Rule, SecurityGroup};
+//! use packetgraph::flowtable::parse::build::frame;
+//! use packetgraph::flowtable::parse::TCP_SYN;
+//! use packetgraph::{Brick, Burst, Clock, Emit, Pool, PoolConfig, Side};
+//!
+//! let mut fw = Firewall::new(FirewallConfig::default(), Clock::monotonic()).unwrap();
+//! fw.set_nic_addresses(vec!["10.0.0.10".parse().unwrap()]);
+//! fw.upsert_group(SecurityGroup {
+//!     id: "sg-web".into(),
+//!     rules: vec![Rule::inbound(
+//!         Protocol::Tcp,
+//!         Some(PortRange::single(80)),
+//!         Peer::Cidr("0.0.0.0/0".parse().unwrap()),
+//!     )],
+//!     members: vec![],
+//! })
+//! .unwrap();
+//! fw.set_nic_groups(vec!["sg-web".into()]);
+//!
+//! // A SYN from the network (WEST) to the VM's port 80 passes to the VM side (EAST).
+//! let pool = Pool::new(PoolConfig { frame_count: 8, ..Default::default() }).unwrap();
+//! let syn = frame("192.0.2.1".parse().unwrap(), "10.0.0.10".parse().unwrap(), 6, 40000, 80, TCP_SYN, 0, 0);
+//! let mut burst = Burst::new();
+//! burst.push(pool.packet_from(&syn).unwrap()).unwrap();
+//! let mut out = Emit::new();
+//! fw.burst(Side::West, 0, burst, &mut out).unwrap();
+//! assert_eq!(out.pending().len(), 1);
+//! assert_eq!(fw.flows().len(), 1);
+//! ```
+//!
 //! # Classification cost
 //! Rules are compiled ([`Firewall`] does it on every change) into, per direction: an
 //! "any protocol" peer set, and per protocol number a peer set for rules without ports
