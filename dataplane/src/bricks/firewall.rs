@@ -1030,7 +1030,7 @@ impl Firewall {
         // Later fragments are decided in order with the rest of the burst (their first
         // fragment may be earlier in the same burst); their key is not used.
         let (key, lo) = FlowKey::new(&ip.tuple, self.zone);
-        let h = key.hash64();
+        let h = self.flows.hash(&key);
         Step::Flow(FlowStep {
             ip,
             key,
