@@ -46,6 +46,10 @@
 //!   before their first fragment are therefore dropped (no reassembly here).
 //! - **Malformed** IP headers (see [`crate::flowtable::parse`]) are dropped and counted
 //!   (`drop_malformed`); nothing panics whatever the bytes.
+//! - **ICMP errors** (destination unreachable, time exceeded, ...) are not related to the
+//!   flow whose header they quote (no `RELATED` state as in conntrack): they are
+//!   classified like any other ICMP packet, and each (source, destination) pair of
+//!   errors shares one flow (identifier 0).
 //!
 //! # Example
 //! ```
