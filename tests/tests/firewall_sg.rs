@@ -681,3 +681,21 @@ fn firewall_passes_later_fragments_of_allowed_flows() {
         "its later fragments were dropped: {d:?}"
     );
 }
+
+#[test]
+fn firewall_passes_icmp_errors_about_allowed_flows() {
+    let lab = Lab::new(|_| {});
+    // The VM sends a datagram to a closed UDP port of NET; NET's kernel answers with an
+    // ICMP port unreachable that quotes it: the firewall relates it to the VM's flow and
+    // lets it in, so the VM's socket reports the refusal.
+    let out = lab.vm.exec(&format!(
+        "echo x | socat -t 1 -T 2 - UDP4:{NET1}:9999,bind={VM4}"
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Connection refused"),
+        "the port unreachable reached the VM: {err}"
+    );
+    let c = lab.counters();
+    assert!(c.passed_related >= 1, "{c:?}");
+}

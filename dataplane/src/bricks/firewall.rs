@@ -46,10 +46,11 @@
 //!   before their first fragment are therefore dropped (no reassembly here).
 //! - **Malformed** IP headers (see [`crate::flowtable::parse`]) are dropped and counted
 //!   (`drop_malformed`); nothing panics whatever the bytes.
-//! - **ICMP errors** (destination unreachable, time exceeded, ...) are not related to the
-//!   flow whose header they quote (no `RELATED` state as in conntrack): they are
-//!   classified like any other ICMP packet, and each (source, destination) pair of
-//!   errors shares one flow (identifier 0).
+//! - **ICMP errors** (ICMP destination unreachable, time exceeded, parameter problem;
+//!   ICMPv6 destination unreachable, packet too big, time exceeded, parameter problem)
+//!   that quote a packet of an existing flow and go back to that packet's sender pass
+//!   (`passed_related`, conntrack's RELATED): port unreachable and path MTU discovery
+//!   work for allowed flows. Other ICMP errors are classified like any ICMP packet.
 //!
 //! # Example
 //! ```
@@ -416,6 +417,8 @@ pub struct FirewallCounters {
     pub passed_dhcp_reply: u64,
     /// Passed: a later fragment of a remembered first fragment.
     pub passed_fragment: u64,
+    /// Passed: an ICMP error about a packet of a known flow.
+    pub passed_related: u64,
     /// Dropped: malformed headers.
     pub drop_malformed: u64,
     /// Dropped: no rule allows it.
@@ -441,6 +444,7 @@ impl FirewallCounters {
             + self.passed_ndp
             + self.passed_dhcp_reply
             + self.passed_fragment
+            + self.passed_related
     }
 
     /// Sum of the `drop_*` counters.
@@ -1074,6 +1078,19 @@ impl Firewall {
             self.counters.passed_dhcp_reply += 1;
             return true;
         }
+        // An ICMP error about a packet of a known flow, going back to that packet's
+        // sender, passes (conntrack's RELATED).
+        if let Some(rel) = ip.related
+            && rel.ipv6 == t.ipv6
+            && rel.src == t.dst
+        {
+            let (k, lo) = FlowKey::new(&rel, self.zone);
+            let h = self.flows.hash(&k);
+            if self.flows.lookup(&k, h, lo).is_some() {
+                self.counters.passed_related += 1;
+                return true;
+            }
+        }
         if t.proto == IPPROTO_TCP && ip.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
             self.counters.drop_tcp_no_flow += 1;
             return false;
@@ -1204,6 +1221,7 @@ impl Brick for Firewall {
             ("passed_ndp", c.passed_ndp),
             ("passed_dhcp_reply", c.passed_dhcp_reply),
             ("passed_fragment", c.passed_fragment),
+            ("passed_related", c.passed_related),
             ("drop_malformed", c.drop_malformed),
             ("drop_denied", c.drop_denied),
             ("drop_tcp_no_flow", c.drop_tcp_no_flow),
@@ -1869,6 +1887,31 @@ mod tests {
         fh[4..8].copy_from_slice(&id.to_be_bytes());
         f[62..].copy_from_slice(l4);
         f
+    }
+
+    #[test]
+    fn icmp_errors_about_known_flows_pass() {
+        let mut h = H::new();
+        let orig = udp(VM, "192.0.2.1", 5000, 9);
+        assert!(h.outb(&orig));
+        // Port unreachable from the remote, and from a router on the way, quoting it.
+        let unreachable = |from: &str, to: &str, quoted: &[u8]| {
+            let mut e = frame(ip(from), ip(to), IPPROTO_ICMP, 0, 0, 0, 3, 0);
+            e.extend_from_slice(&quoted[14..14 + 28]);
+            let total = (e.len() - 14) as u16;
+            e[16..18].copy_from_slice(&total.to_be_bytes());
+            fix_ipv4_checksum(&mut e);
+            e
+        };
+        assert!(h.inb(&unreachable("192.0.2.1", VM, &orig)));
+        assert!(h.inb(&unreachable("198.51.100.254", VM, &orig)));
+        // Quoting a packet of no flow: denied.
+        let other = udp(VM, "192.0.2.1", 5001, 9);
+        assert!(!h.inb(&unreachable("192.0.2.1", VM, &other)));
+        // Sent to someone else than the quoted packet's sender: denied.
+        assert!(!h.inb(&unreachable("192.0.2.1", "10.0.0.11", &orig)));
+        assert_eq!(h.fw.stats().passed_related, 2);
+        h.check_counters();
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub struct ParsedIp {
     pub tcp_flags: u8,
     /// ICMP / ICMPv6 type, when the protocol is one of those and the header is present.
     pub icmp_type: Option<u8>,
+    /// For an ICMP / ICMPv6 error (destination unreachable, packet too big, time
+    /// exceeded, parameter problem), the 5-tuple of the packet it quotes (RFC 792,
+    /// RFC 4443 §2.4(c)): the packet that caused the error, as its sender sent it.
+    /// `None` when the quote is too short to read (or not an error).
+    pub related: Option<FiveTuple>,
     /// Fragmentation state.
     pub fragment: Fragment,
     /// Offset of the IP header from the frame start, bytes.
@@ -219,6 +224,7 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
         tuple: t,
         tcp_flags: 0,
         icmp_type: None,
+        related: None,
         fragment,
         l3_offset: l3,
         l4_offset: None,
@@ -320,6 +326,7 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
         tuple: t,
         tcp_flags: 0,
         icmp_type: None,
+        related: None,
         fragment,
         l3_offset: l3,
         l4_offset: None,
@@ -381,10 +388,87 @@ fn parse_l4(l4: &[u8], proto: u8, t: &mut FiveTuple, p: &mut ParsedIp) -> Result
                 t.sport = id;
                 t.dport = id;
             }
+            let is_error = if proto == IPPROTO_ICMP {
+                !t.ipv6 && matches!(ty, 3 | 11 | 12)
+            } else {
+                t.ipv6 && matches!(ty, 1..=4)
+            };
+            if is_error {
+                p.related = quoted_tuple(&l4[8..], t.ipv6);
+            }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The 5-tuple of the datagram quoted in an ICMP error: its IP header and at least the
+/// first 8 bytes of its payload (RFC 792; RFC 4443 §3 quotes as much as fits). IPv6
+/// quotes with extension headers are not walked (`None`). Checksums are not checked.
+fn quoted_tuple(q: &[u8], ipv6: bool) -> Option<FiveTuple> {
+    let (mut t, l4) = if ipv6 {
+        if q.len() < 40 || q[0] >> 4 != 6 {
+            return None;
+        }
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&q[8..24]);
+        dst.copy_from_slice(&q[24..40]);
+        let t = FiveTuple {
+            src,
+            dst,
+            sport: 0,
+            dport: 0,
+            proto: q[6],
+            ipv6: true,
+        };
+        (t, &q[40..])
+    } else {
+        if q.len() < 20 || q[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = (q[0] & 0x0f) as usize * 4;
+        if ihl < 20 || q.len() < ihl {
+            return None;
+        }
+        let t = FiveTuple {
+            src: mapped_v4([q[12], q[13], q[14], q[15]]),
+            dst: mapped_v4([q[16], q[17], q[18], q[19]]),
+            sport: 0,
+            dport: 0,
+            proto: q[9],
+            ipv6: false,
+        };
+        if be16(q, 6) & 0x1fff != 0 {
+            return Some(t); // a later fragment: no ports
+        }
+        (t, &q[ihl..])
+    };
+    match t.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            if l4.len() < 4 {
+                return None;
+            }
+            t.sport = be16(l4, 0);
+            t.dport = be16(l4, 2);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if l4.len() < 8 {
+                return None;
+            }
+            let has_id = if t.proto == IPPROTO_ICMP {
+                !t.ipv6 && icmp4_has_id(l4[0])
+            } else {
+                t.ipv6 && icmp6_has_id(l4[0])
+            };
+            if has_id {
+                t.sport = be16(l4, 4);
+                t.dport = t.sport;
+            }
+        }
+        _ => {}
+    }
+    Some(t)
 }
 
 /// Test and bench helpers: hand-built frames. Public so benches and other bricks' tests
@@ -563,6 +647,45 @@ mod tests {
                 ethertype: ETHERTYPE_ARP
             }
         );
+    }
+
+    #[test]
+    fn icmp_errors_carry_the_quoted_tuple() {
+        // Port unreachable from 10.0.0.2 about a UDP datagram 10.0.0.1:5000 -> 10.0.0.2:9.
+        let orig = frame(ip("10.0.0.1"), ip("10.0.0.2"), 17, 5000, 9, 0, 0, 4);
+        let mut err = frame(ip("10.0.0.2"), ip("10.0.0.1"), 1, 0, 0, 0, 3, 0);
+        err.extend_from_slice(&orig[14..14 + 28]);
+        let total = (err.len() - 14) as u16;
+        err[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ipv4_checksum(&mut err);
+        let Parsed::Ip(p) = parse_ethernet(&err).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.icmp_type, Some(3));
+        assert_eq!(
+            p.related,
+            Some(FiveTuple::new(ip("10.0.0.1"), ip("10.0.0.2"), 17, 5000, 9))
+        );
+        // Packet too big (ICMPv6 type 2) about TCP.
+        let orig = frame(ip("fd00::1"), ip("fd00::2"), 6, 4000, 443, TCP_ACK, 0, 0);
+        let mut err = frame(ip("fe80::9"), ip("fd00::1"), 58, 0, 0, 0, 2, 0);
+        err.extend_from_slice(&orig[14..]);
+        let plen = (err.len() - 54) as u16;
+        err[18..20].copy_from_slice(&plen.to_be_bytes());
+        let Parsed::Ip(p) = parse_ethernet(&err).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            p.related,
+            Some(FiveTuple::new(ip("fd00::1"), ip("fd00::2"), 6, 4000, 443))
+        );
+        // An echo request is not an error.
+        let Parsed::Ip(p) =
+            parse_ethernet(&frame(ip("1.1.1.1"), ip("2.2.2.2"), 1, 9, 0, 0, 8, 30)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(p.related, None);
     }
 
     #[test]
