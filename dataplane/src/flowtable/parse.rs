@@ -189,6 +189,22 @@ fn internet_checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// True when an IPv4 header (a multiple of 4 bytes long) sums to 0xffff in one's
+/// complement (RFC 1071: summed here in 32-bit words, folded at the end, which gives the
+/// same result as 16-bit words, §2(B)).
+#[inline]
+fn ipv4_checksum_ok(h: &[u8]) -> bool {
+    let mut sum = 0u64;
+    for c in h.chunks_exact(4) {
+        sum += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+#[inline]
 fn parse_ipv4(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
     let ip = &frame[l3..];
     if ip.len() < 20 || ip[0] >> 4 != 4 {
@@ -199,7 +215,7 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
     if ihl < 20 || total < ihl || total > ip.len() {
         return Err(ParseError::BadIpv4Header);
     }
-    if internet_checksum(&ip[..ihl]) != 0 {
+    if !ipv4_checksum_ok(&ip[..ihl]) {
         return Err(ParseError::BadIpv4Checksum);
     }
     let id = be16(ip, 4) as u32;
@@ -239,6 +255,7 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
     Ok(p)
 }
 
+#[inline]
 fn parse_ipv6(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
     let ip = &frame[l3..];
     if ip.len() < 40 || ip[0] >> 4 != 6 {
@@ -686,6 +703,28 @@ mod tests {
             panic!()
         };
         assert_eq!(p.related, None);
+    }
+
+    #[test]
+    fn checksum_in_32_bit_words_agrees_with_rfc_1071() {
+        let mut s = 0x1234_5678u32;
+        for _ in 0..2000 {
+            let mut h = [0u8; 24];
+            for b in &mut h {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                *b = s as u8;
+            }
+            let n = if s & 1 == 0 { 20 } else { 24 };
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = internet_checksum(&h[..n]);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            assert!(ipv4_checksum_ok(&h[..n]));
+            assert_eq!(internet_checksum(&h[..n]), 0);
+            h[(s as usize >> 8) % n] ^= 0x10;
+            assert_eq!(ipv4_checksum_ok(&h[..n]), internet_checksum(&h[..n]) == 0);
+        }
     }
 
     #[test]
