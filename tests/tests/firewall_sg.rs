@@ -553,32 +553,89 @@ fn firewall_outbound_rules_restrict_the_vm() {
     );
 }
 
-const DHCP_DISCOVER: &str = r#"
+/// A scapy process that sends a DHCP discover (0.0.0.0:68 → 255.255.255.255:PORT) for
+/// each PORT line it reads, and answers "sent" (one process: scapy starts slowly).
+const DHCP_SENDER: &str = r#"
 import sys
 from scapy.all import Ether, IP, UDP, BOOTP, DHCP, sendp
 iface = sys.argv[1]
-p = (Ether(src="02:00:00:00:00:10", dst="ff:ff:ff:ff:ff:ff")
-     / IP(src="0.0.0.0", dst="255.255.255.255")
-     / UDP(sport=68, dport=int(sys.argv[2]))
-     / BOOTP(chaddr=bytes.fromhex("020000000010"), xid=0x4242)
-     / DHCP(options=[("message-type", "discover"), "end"]))
-sendp(p, iface=iface, verbose=False)
+print("ready", flush=True)
+for line in sys.stdin:
+    p = (Ether(src="02:00:00:00:00:10", dst="ff:ff:ff:ff:ff:ff")
+         / IP(src="0.0.0.0", dst="255.255.255.255")
+         / UDP(sport=68, dport=int(line))
+         / BOOTP(chaddr=bytes.fromhex("020000000010"), xid=0x4242)
+         / DHCP(options=[("message-type", "discover"), "end"]))
+    sendp(p, iface=iface, verbose=False)
+    print("sent", flush=True)
 "#;
 
-/// Sends a DHCP discover (0.0.0.0:68 → 255.255.255.255:`port`) from the VM namespace.
-fn send_dhcp_discover(lab: &Lab, port: u16) {
-    let out = lab.vm.run(&[
-        "/usr/bin/python3",
-        "-c",
-        DHCP_DISCOVER,
-        &lab.tap_vm,
-        &port.to_string(),
-    ]);
-    assert!(
-        out.status.success(),
-        "scapy failed (python3-scapy not installed? run cargo xtask deps): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The scapy DHCP sender running in the VM namespace.
+struct DhcpSender {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl DhcpSender {
+    fn start(lab: &Lab) -> DhcpSender {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.vm.name(),
+                "/usr/bin/python3",
+                "-c",
+                DHCP_SENDER,
+                &lab.tap_vm,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = DhcpSender {
+            child,
+            stdin,
+            lines,
+        };
+        s.expect("ready");
+        s
+    }
+
+    fn expect(&mut self, what: &str) {
+        let got = self.lines.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            got.as_deref(),
+            Ok(what),
+            "scapy failed (python3-scapy not installed? run cargo xtask deps)"
+        );
+    }
+
+    /// Sends one discover to `port` and waits until it left.
+    fn send(&mut self, port: u16) {
+        writeln!(self.stdin, "{port}").unwrap();
+        self.stdin.flush().unwrap();
+        self.expect("sent");
+    }
+}
+
+impl Drop for DhcpSender {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Listens for one UDP datagram on `port` in `ns` (socat exits after one datagram).
@@ -606,9 +663,9 @@ fn listen_udp_once(ns: &Netns, port: u16) -> KillOnDrop {
 
 /// Sends a DHCP discover to `port` from the VM and returns what the listener on the
 /// network side received (it is given 500 ms after the frame left the VM).
-fn discover_reaches_network(lab: &Lab, port: u16) -> Vec<u8> {
+fn discover_reaches_network(lab: &Lab, sender: &mut DhcpSender, port: u16) -> Vec<u8> {
     let mut l = listen_udp_once(&lab.net, port);
-    send_dhcp_discover(lab, port);
+    sender.send(port);
     std::thread::sleep(Duration::from_millis(500));
     let _ = l.child().kill();
     l.wait_output().stdout
@@ -616,16 +673,10 @@ fn discover_reaches_network(lab: &Lab, port: u16) -> Vec<u8> {
 
 #[test]
 fn firewall_allows_dhcp_by_default() {
-    let scapy = Command::new("/usr/bin/python3")
-        .args(["-c", "import scapy"])
-        .status();
-    assert!(
-        scapy.is_ok_and(|s| s.success()),
-        "python3-scapy not installed: run cargo xtask deps"
-    );
     let lab = Lab::new(|_| {});
+    let mut sender = DhcpSender::start(&lab);
     // A DHCP discover from 0.0.0.0:68 reaches the network.
-    let got = discover_reaches_network(&lab, 67);
+    let got = discover_reaches_network(&lab, &mut sender, 67);
     assert!(
         got.windows(4).any(|w| w == [0x63, 0x82, 0x53, 0x63]),
         "the DHCP discover (magic cookie) must arrive: got {} bytes; {:?}",
@@ -633,7 +684,7 @@ fn firewall_allows_dhcp_by_default() {
         lab.counters()
     );
     // The same from 0.0.0.0 to another port is not DHCP: denied.
-    let got = discover_reaches_network(&lab, 6767);
+    let got = discover_reaches_network(&lab, &mut sender, 6767);
     assert!(got.is_empty(), "0.0.0.0 → port 6767 must be denied");
     // Outbound rules replace the default, DHCP included.
     lab.fw(|fw| {
@@ -643,7 +694,7 @@ fn firewall_allows_dhcp_by_default() {
         )
     })
     .unwrap();
-    let got = discover_reaches_network(&lab, 67);
+    let got = discover_reaches_network(&lab, &mut sender, 67);
     assert!(got.is_empty(), "DHCP denied once outbound rules exist");
     let c = lab.counters();
     assert_eq!(c.passed_new, 1, "{c:?}");
