@@ -821,6 +821,26 @@ impl Firewall {
         Ok(())
     }
 
+    /// Replaces at once the groups applied to the NIC and every group definition (those
+    /// groups and the groups their rules reference), with a single recompile and flow
+    /// re-evaluation: what a control plane sends when a NIC's security changes.
+    ///
+    /// # Errors
+    /// The first invalid rule's error; nothing changes then.
+    pub fn replace_groups(
+        &mut self,
+        nic_groups: Vec<String>,
+        groups: Vec<SecurityGroup>,
+    ) -> Result<(), FirewallError> {
+        for r in groups.iter().flat_map(|g| &g.rules) {
+            r.validate()?;
+        }
+        self.groups = groups.into_iter().map(|g| (g.id.clone(), g)).collect();
+        self.nic_groups = nic_groups;
+        self.recompile();
+        Ok(())
+    }
+
     /// Forgets a group definition. Returns false when it did not exist.
     pub fn remove_group(&mut self, id: &str) -> bool {
         let had = self.groups.remove(id).is_some();
@@ -1576,6 +1596,46 @@ mod tests {
         assert!(!h.inb(&tcp("10.0.0.1", VM, 1, 80, TCP_ACK)));
         assert!(h.inb(&tcp("10.0.0.1", VM, 2, 22, TCP_ACK)));
         h.check_counters();
+    }
+
+    #[test]
+    fn replace_groups_applies_everything_at_once() {
+        let mut h = H::new();
+        assert!(!h.inb(&udp("10.0.7.1", VM, 1, 9)));
+        let web = SecurityGroup {
+            id: "sg-web".into(),
+            rules: vec![Rule::inbound(
+                Protocol::Udp,
+                None,
+                Peer::Group("sg-peers".into()),
+            )],
+            members: vec![],
+        };
+        let peers = SecurityGroup {
+            id: "sg-peers".into(),
+            rules: vec![],
+            members: vec![ip("10.0.7.1")],
+        };
+        let before = h.fw.stats().recompiles;
+        h.fw.replace_groups(vec!["sg-web".into()], vec![web, peers])
+            .unwrap();
+        assert_eq!(h.fw.stats().recompiles, before + 1);
+        assert!(h.inb(&udp("10.0.7.1", VM, 1, 9)));
+        assert!(h.fw.group("sg-a").is_none(), "replaced");
+        let bad = SecurityGroup {
+            id: "x".into(),
+            rules: vec![Rule::inbound(
+                Protocol::Any,
+                Some(PortRange::single(1)),
+                cidr("::/0"),
+            )],
+            members: vec![],
+        };
+        assert!(h.fw.replace_groups(vec![], vec![bad]).is_err());
+        assert!(
+            h.inb(&udp("10.0.7.1", VM, 1, 9)),
+            "unchanged after an error"
+        );
     }
 
     #[test]
