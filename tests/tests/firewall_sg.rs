@@ -5,8 +5,11 @@
 //! `vm_side`). VM has 10.50.0.10/24 and fd50::10/64; NET has 10.50.0.1, .2 and .3 and
 //! fd50::1, fd50::2, so tests pick the source address of each connection with `bind=` /
 //! `ping -I`. Traffic is real: `socat` echo servers and clients (TCP and UDP, IPv4 and
-//! IPv6), `ping`, and a DHCP discover sent with scapy. A check "passes" when the echo
-//! comes back; a blocked check waits for a 1 s timeout.
+//! IPv6), `ping` (also with 3000-byte payloads, so fragments cross), a UDP datagram to a
+//! closed port (the ICMP port unreachable must come back), and DHCP discovers sent from
+//! 0.0.0.0 with scapy. A check "passes" when the echo comes back; a blocked check waits
+//! for a 1 s timeout. The firewall's counters are checked too (drops by reason, revoked
+//! flows, fragments, related ICMP errors).
 //!
 //! Rules are changed while the graph runs, through `Worker::exec`, as the daemon does.
 
