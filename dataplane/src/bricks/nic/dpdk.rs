@@ -172,8 +172,9 @@ fn eal_errno_hint(errno: i32) -> (&'static str, &'static str) {
         ),
         libc::ENODEV => (
             "ENODEV",
-            "memory setup failed (hugepages not mounted, or --in-memory with --no-huge, \
-             which DPDK refuses)",
+            "no such device: a --vdev/-a names a driver that does not exist (check the \
+             name: net_af_packet0, net_tap0, net_af_xdp0...), or memory setup failed \
+             (--in-memory with --no-huge, which DPDK refuses)",
         ),
         libc::EINVAL => (
             "EINVAL",
