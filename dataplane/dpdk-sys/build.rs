@@ -61,6 +61,7 @@ fn main() {
         "rte_strerror",
         "rte_socket_id",
         "rte_thread_register",
+        "rte_thread_unregister",
         "rte_dev_probe",
         "rte_dev_remove",
         "rte_eth_dev_configure",

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use butterfly_ebpf::{AttachMode, LoadGen, Steering, Variant};
 use packetgraph::bricks::Nic;
+use packetgraph::bricks::nic::NicBackend;
 use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig};
 use packetgraph::bricks::nic::dpdk::{Dpdk, DpdkConfig, PortId, eal_init};
 use packetgraph::{Brick, BrickError, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side, Worker};
@@ -323,6 +324,77 @@ fn run_forwarder(
     (mpps, rest.trim().to_string())
 }
 
+/// Copy cost: forwarding between the RX and TX of a `net_null` port (no device work: RX
+/// hands out mbufs from the pool, TX frees them) through the backend (mbuf → pool frame
+/// → mbuf: two copies and two pool operations per frame) against the raw burst calls
+/// (no copy). Returns (backend, raw) in Mpps per CPU-second of the forwarding thread. Runs in this process (the EAL's only
+/// user here).
+fn copy_cost() -> (f64, f64) {
+    pin(FWD_CPU);
+    let prefix = format!("bfbenchnull{}", std::process::id());
+    eal_init(&[
+        "--no-huge",
+        "-m",
+        "256",
+        "--no-pci",
+        "--no-shconf",
+        "-l",
+        "1",
+        "--log-level",
+        "lib.eal:notice",
+        "--file-prefix",
+        &prefix,
+        "--vdev",
+        "net_null0,size=64",
+    ])
+    .unwrap();
+    let p = pool();
+    let mut dev = Dpdk::open(&DpdkConfig::new(PortId::Name("net_null0".into())), &p).unwrap();
+    // Rate per second of CPU time of this thread: the machine is shared, wall-clock time
+    // would count other processes' slices.
+    let cpu_s = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a writable timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    };
+    let run = |f: &mut dyn FnMut() -> usize| {
+        let t = Instant::now();
+        while t.elapsed() < WARMUP {
+            f();
+        }
+        let (mut n, t, c0) = (0usize, Instant::now(), cpu_s());
+        while t.elapsed() < WINDOW {
+            n += f();
+        }
+        n as f64 / (cpu_s() - c0) / 1e6
+    };
+    let backend = run(&mut || {
+        let mut b = Burst::new();
+        dev.rx_burst(&mut b).unwrap();
+        dev.tx_burst(b).unwrap()
+    });
+    let port = dev.port();
+    let raw = run(&mut || {
+        let mut m = [std::ptr::null_mut::<dpdk_sys::rte_mbuf>(); 64];
+        // SAFETY: the port is started (owned by `dev`, alive); m holds 64 pointers; the
+        // mbufs received are handed to TX, which frees them (unsent ones freed here).
+        unsafe {
+            let n = dpdk_sys::bf_rx_burst(port, 0, m.as_mut_ptr(), 64);
+            let s = dpdk_sys::bf_tx_burst(port, 0, m.as_mut_ptr(), n);
+            if s < n {
+                dpdk_sys::rte_pktmbuf_free_bulk(m.as_mut_ptr().add(s as usize), u32::from(n - s));
+            }
+            s as usize
+        }
+    });
+    drop(dev);
+    (backend, raw)
+}
+
 fn self_cmd(which: &str) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args(["--forwarder", which]);
@@ -360,6 +432,12 @@ fn main() {
     }
     if !nix::unistd::geteuid().is_root() {
         panic!("dpdk bench needs root (netns, XDP, AF_XDP): run as root");
+    }
+    if std::env::var_os("BF_DPDK_BENCH_COPY_ONLY").is_some() {
+        // Profiling aid: only the net_null copy-cost part (perf record on this).
+        let (f, r) = copy_cost();
+        println!("copy cost: backend {f:.2} Mpps/CPU-s, raw bursts {r:.2} Mpps/CPU-s");
+        return;
     }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         panic!("dpdk bench needs 2 CPUs (generator and forwarder on different CPUs)");
@@ -425,6 +503,17 @@ fn main() {
             best[i] = best[i].max(mpps);
         }
     }
+    let (null_fwd, null_raw) = copy_cost();
+
+    println!(
+        "dpdk: net_null forwarding, per CPU-second: backend {null_fwd:.2} Mpps, raw bursts \
+         {null_raw:.2} Mpps: the backend's copies and frame handling cost {:.1} ns per frame",
+        if null_fwd > 0.0 && null_raw > 0.0 {
+            1e3 / null_fwd - 1e3 / null_raw
+        } else {
+            0.0
+        }
+    );
     let ratio = |v: f64| if best[2] > 0.0 { v / best[2] } else { 0.0 };
     println!(
         "RESULT dpdk.l2fwd: {:.2} Mpps (ratio {:.2} vs testpmd)",
@@ -437,6 +526,14 @@ fn main() {
         ratio(best[1])
     );
     println!("RESULT dpdk.testpmd_io: {:.2} Mpps", best[2]);
+    println!(
+        "RESULT dpdk.null_fwd_copy: {null_fwd:.2} Mpps per CPU-second (ratio {:.2} vs raw bursts without copy)",
+        if null_raw > 0.0 {
+            null_fwd / null_raw
+        } else {
+            0.0
+        }
+    );
     drop(sink);
     nix::sched::setns(back.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
 }
