@@ -1011,17 +1011,17 @@ impl NicBackend for Dpdk {
         let mut got = 0;
         for (i, mut p) in fresh.drain().enumerate() {
             let m = mbufs[i];
+            // The whole tailroom of the fresh (empty) packet, cut to the frame after.
             let cap = p.tailroom();
-            // SAFETY: m is an mbuf the driver gave us; the destination is p's tailroom
-            // (cap bytes, written only when the frame fits).
-            let len = unsafe {
-                sys::bf_pktmbuf_copy_out(m, p.data_mut().as_mut_ptr().add(p.len()), cap as u32)
-            };
+            let Ok(dst) = p.append(cap) else { continue };
+            // SAFETY: m is an mbuf the driver gave us; dst is cap writable bytes, written
+            // only when the frame fits.
+            let len = unsafe { sys::bf_pktmbuf_copy_out(m, dst.as_mut_ptr(), cap as u32) };
             if len < 0 {
                 self.c.rx_too_big += 1;
                 continue;
             }
-            let _ = p.append(len as usize); // fits: checked by copy_out
+            p.truncate(len as usize);
             self.c.rx_bytes += len as u64;
             let _ = out.push(p);
             got += 1;
