@@ -11,9 +11,8 @@
 //! - `overlay.vtep_encap_v6`: the same over IPv6 (with the UDP checksum).
 //! - `overlay.vtep_decap`: VXLAN/IPv4 frames (zero UDP checksum, as Linux sends them),
 //!   four inner source MACs, checked, learned and decapsulated.
-//! - `overlay.chain`: encapsulation, then the underlay, then decapsulation by a second VTEP
-//!   (`packetgen → switch → vtep A → underlay → vtep B → collect` when the switch brick
-//!   exists; see `chain_graph`).
+//! - `overlay.chain`: encap → switch → decap: `packetgen → vtep A → switch → vtep B →
+//!   collect`, the switch being the underlay segment between two VTEPs.
 //!
 //! Rates are packets per second of the graph thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`),
 //! i.e. Mpps per core, so that other load on a shared machine does not skew them.
@@ -25,8 +24,8 @@ use std::time::Duration;
 
 use etherparse::PacketBuilder;
 use packetgraph::bricks::vtep::{Flood, Vtep, VtepConfig};
-use packetgraph::bricks::{Collect, Nop, PacketGen};
-use packetgraph::{Brick, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side};
+use packetgraph::bricks::{Collect, Nop, PacketGen, Switch};
+use packetgraph::{Graph, Pool, PoolConfig, Side};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -77,29 +76,6 @@ fn vtep(pool: &Pool, our: &str, mac: [u8; 6], peer: &str, peer_mac: [u8; 6]) -> 
     let mut v = Vtep::new(pool.clone(), VtepConfig::new(ip(our), mac)).expect("vtep");
     v.set_neighbour(ip(peer), peer_mac).expect("neighbour");
     v
-}
-
-/// Joins its two WEST edges: what arrives on one leaves on the other (the underlay
-/// between two VTEPs in the chain figure).
-struct Underlay;
-
-impl Brick for Underlay {
-    fn kind(&self) -> &'static str {
-        "underlay"
-    }
-    fn poles(&self) -> Poles {
-        Poles::Multipole { west: 2, east: 0 }
-    }
-    fn burst(
-        &mut self,
-        _from: Side,
-        edge: usize,
-        pkts: Burst,
-        out: &mut Emit,
-    ) -> Result<(), packetgraph::BrickError> {
-        out.send(Side::West, 1 - edge, pkts);
-        Ok(())
-    }
 }
 
 /// CPU time consumed by this thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`). The figures
@@ -191,7 +167,9 @@ fn decap_graph(pool: &Pool) -> Graph {
     g
 }
 
-/// `gen → vtep A (encap) → underlay → vtep B (decap) → sink`.
+/// `gen → vtep A (encap) → switch → vtep B (decap) → sink`: the switch is the L2
+/// segment of the underlay between the two VTEPs (both VTEPs' EAST sides are switch
+/// ports; vtep B's MAC is a static entry, as it would be learned from its own traffic).
 fn chain_graph(pool: &Pool) -> Graph {
     let mut g = Graph::new("chain");
     let frames = (0..16).map(|i| inner(VM2, VM1, 1000 + i)).collect();
@@ -201,12 +179,16 @@ fn chain_graph(pool: &Pool) -> Graph {
         .expect("add");
     g.add("b", vtep(pool, "10.0.0.2", MAC_B, "10.0.0.1", MAC_A))
         .expect("add");
-    g.add("underlay", Underlay).expect("add");
+    g.add("switch", Switch::new()).expect("add");
     g.add("sink", Collect::new()).expect("add");
     g.link("gen", "a").expect("link");
-    g.link("a", "underlay").expect("link");
-    g.link("b", "underlay").expect("link");
+    g.link("a", "switch").expect("link");
+    let (_, b_port) = g.link("b", "switch").expect("link");
     g.link("sink", "b").expect("link");
+    g.get_mut::<Switch>("switch")
+        .expect("switch")
+        .add_static(MAC_B, Side::West, b_port)
+        .expect("static");
     let a = g.get_mut::<Vtep>("a").expect("a");
     a.add_vni(0, VNI, Flood::None).expect("vni");
     a.add_static(VNI, VM2, ip("10.0.0.2")).expect("static");

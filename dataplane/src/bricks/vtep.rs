@@ -1159,7 +1159,8 @@ impl Vtep {
             return;
         };
         let vni = conf.vni;
-        for mut p in pkts {
+        let mut pkts = pkts;
+        for mut p in pkts.drain() {
             if p.len() < ETHERNET_HEADER_LEN {
                 self.encap_drop(EncapDrop::InnerRunt);
                 continue;
@@ -1299,7 +1300,9 @@ impl Vtep {
 
     /// Classifies one underlay frame: checks everything, touches nothing.
     #[inline]
-    fn classify(&self, d: &[u8]) -> Verdict {
+    /// `last` caches the last VNI → edge lookup across calls (bursts are mostly of one
+    /// VNI).
+    fn classify(&self, d: &[u8], last: &mut Option<(u32, usize)>) -> Verdict {
         use DecapDrop as D;
         if d.len() < ETHERNET_HEADER_LEN {
             return Verdict::Drop(D::Runt);
@@ -1407,8 +1410,15 @@ impl Vtep {
             return Verdict::Drop(D::VxlanFlags);
         }
         let vni = vx.vni();
-        let Some(&edge) = self.edge_by_vni.get(&vni) else {
-            return Verdict::Drop(D::UnknownVni);
+        let edge = match *last {
+            Some((v, e)) if v == vni => e,
+            _ => {
+                let Some(&e) = self.edge_by_vni.get(&vni) else {
+                    return Verdict::Drop(D::UnknownVni);
+                };
+                *last = Some((vni, e));
+                e
+            }
         };
         if vx.payload().len() < ETHERNET_HEADER_LEN {
             return Verdict::Drop(D::InnerRunt);
@@ -1466,10 +1476,15 @@ impl Vtep {
         let mut dirty = [0u16; crate::burst::BURST_SIZE];
         let mut ndirty = 0;
         let mut east = Burst::new();
-        let mut last_learn: Option<(u32, u64, IpAddr)> = None;
+        // MACs refreshed in this burst (a small ring: each MAC is refreshed once per
+        // burst, not once per packet).
+        let mut recent: [Option<(u32, u64, IpAddr)>; 8] = [None; 8];
+        let mut recent_next = 0;
         let mut last_neigh: Option<(IpAddr, [u8; 6])> = None;
-        for mut p in pkts {
-            match self.classify(p.data()) {
+        let mut last_vni = None;
+        let mut pkts = pkts;
+        for mut p in pkts.drain() {
+            match self.classify(p.data(), &mut last_vni) {
                 Verdict::Vxlan {
                     edge,
                     vni,
@@ -1479,9 +1494,11 @@ impl Vtep {
                     src_mac,
                 } => {
                     let inner_src = mac_u64(&p.data()[start + 6..start + 12]);
-                    if (inner_src >> 40) & 1 == 0 && last_learn != Some((vni, inner_src, src_ip)) {
+                    let k = Some((vni, inner_src, src_ip));
+                    if (inner_src >> 40) & 1 == 0 && !recent.contains(&k) {
                         self.learn(vni, inner_src, src_ip, src_mac, now);
-                        last_learn = Some((vni, inner_src, src_ip));
+                        recent[recent_next] = k;
+                        recent_next = (recent_next + 1) % recent.len();
                     }
                     if self.cfg.next_hop_mac.is_none() && last_neigh != Some((src_ip, src_mac)) {
                         self.learn_neighbour(src_ip, src_mac, now);
