@@ -14,12 +14,17 @@
 //! - `overlay.chain`: encap → switch → decap: `packetgen → vtep A → switch → vtep B →
 //!   collect`, the switch being the underlay segment between two VTEPs.
 //!
+//! The measured loop must make no heap allocation (a counting global allocator checks
+//! it): the hot path allocates nothing.
+//!
 //! Rates are packets per second of the graph thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`),
 //! i.e. Mpps per core, so that other load on a shared machine does not skew them.
 //!
 //! Prints `RESULT <name>: <X> Mpps (ratio <R> vs nop)` lines.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
@@ -78,6 +83,32 @@ fn vtep(pool: &Pool, our: &str, mac: [u8; 6], peer: &str, peer_mac: [u8; 6]) -> 
     v
 }
 
+/// Counts heap allocations, to check that the measured loop (the hot path) makes none.
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
 /// CPU time consumed by this thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`). The figures
 /// are packets per second of CPU time of the one thread that runs the graph: on a
 /// machine shared with other work, wall-clock time would measure the scheduler instead.
@@ -103,6 +134,7 @@ fn measure(g: &mut Graph, side: Side) -> f64 {
         }
     }
     let c0 = count(g);
+    let a0 = ALLOCS.load(Ordering::Relaxed);
     let t = thread_cpu();
     let mut el;
     loop {
@@ -114,7 +146,14 @@ fn measure(g: &mut Graph, side: Side) -> f64 {
             break;
         }
     }
+    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
     assert_eq!(g.empty_bursts(), 0);
+    assert_eq!(
+        allocs,
+        0,
+        "{}: {allocs} heap allocations in the measured loop",
+        g.name()
+    );
     (count(g) - c0) as f64 / el / 1e6
 }
 

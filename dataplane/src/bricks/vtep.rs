@@ -185,7 +185,8 @@ pub struct VtepConfig {
     /// Outer destination MAC of every unicast remote (a router), instead of resolving
     /// each remote with ARP/NDP. An FDB entry's learned outer MAC still wins.
     pub next_hop_mac: Option<[u8; 6]>,
-    /// Most learned FDB entries (and most learned neighbours), >= 1, default 16384.
+    /// Most learned FDB entries (and most learned neighbours), >= 1, default 16384. The FDB
+    /// table is allocated for this many entries when the VTEP is made (about 64 bytes each).
     pub fdb_max: usize,
     /// Idle time after which a learned FDB entry or neighbour is forgotten (default
     /// 300 s).
@@ -667,7 +668,8 @@ impl Vtep {
             }
         };
         let h = FastBuild::random();
-        let reserve = cfg.fdb_max.min(4096);
+        // The whole learning limit up front: learning never reallocates on the hot path.
+        let reserve = cfg.fdb_max;
         Ok(Vtep {
             aging_ns: cfg.fdb_aging.as_nanos().min(u64::MAX as u128) as u64,
             cfg,
@@ -723,6 +725,10 @@ impl Vtep {
     /// group, an IGMPv2 membership report (IPv4) or MLDv2 report (IPv6) is queued for the
     /// underlay; with a list, the remotes' MACs are resolved in advance. Queued frames
     /// leave on the next poll.
+    ///
+    /// The VNI belongs to the edge index, not to the brick linked there: it stays when the
+    /// edge is unlinked (so a VM side can be re-linked without reconfiguring the VTEP);
+    /// call [`Vtep::remove_vni`] to detach it.
     ///
     /// # Errors
     /// [`VtepError::VniRange`], [`VtepError::EdgeRange`], [`VtepError::VniInUse`],
