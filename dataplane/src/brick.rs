@@ -137,6 +137,12 @@ impl Emit {
     pub fn take(&mut self) -> Vec<(Dest, Burst)> {
         std::mem::take(&mut self.items)
     }
+
+    /// Removes the emitted bursts and keeps the storage, so a bench or test that drives a
+    /// brick without a graph allocates nothing either.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, (Dest, Burst)> {
+        self.items.drain(..)
+    }
 }
 
 /// Packet and byte counters of one side of a brick, kept by the graph.

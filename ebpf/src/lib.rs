@@ -518,25 +518,63 @@ impl Steering {
 
 /// An XDP load generator: BPF_PROG_TEST_RUN in live-frames mode of a program returning
 /// XDP_TX, so each repetition sends the test frame out of a chosen interface (a veth: the
-/// frame arrives at its peer). For benchmarks; see ENVIRONMENT.md.
+/// frame arrives at its peer), plus a counting XDP_DROP sink for the return path. For
+/// benchmarks; see ENVIRONMENT.md.
 pub struct LoadGen {
     ebpf: Ebpf,
+    sink: Option<XdpLinkId>,
 }
 
 impl LoadGen {
-    /// Loads the generator program.
+    /// Loads the generator and the sink programs.
     ///
     /// # Errors
     /// [`SteerError::Load`].
     pub fn load() -> Result<LoadGen, SteerError> {
         let mut ebpf = Ebpf::load(LOADGEN_OBJECT).map_err(|e| SteerError::Load(e.to_string()))?;
-        let p: &mut Xdp = ebpf
-            .program_mut("butterfly_loadgen")
-            .ok_or_else(|| SteerError::Load("no program butterfly_loadgen".into()))?
+        for name in ["butterfly_loadgen", "butterfly_sink"] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| SteerError::Load(format!("no program {name}")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| SteerError::Load(e.to_string()))?;
+            p.load().map_err(|e| SteerError::Load(format!("{e:?}")))?;
+        }
+        Ok(LoadGen { ebpf, sink: None })
+    }
+
+    /// Attaches the counting sink (native mode) to `ifname`; detached on drop.
+    ///
+    /// # Errors
+    /// [`SteerError::NoInterface`], [`SteerError::Attach`].
+    pub fn attach_sink(&mut self, ifname: &str) -> Result<(), SteerError> {
+        let idx = ifindex(ifname)?;
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut("butterfly_sink")
+            .expect("loaded")
             .try_into()
-            .map_err(|e: aya::programs::ProgramError| SteerError::Load(e.to_string()))?;
-        p.load().map_err(|e| SteerError::Load(format!("{e:?}")))?;
-        Ok(LoadGen { ebpf })
+            .expect("loaded");
+        let link = p
+            .attach_to_if_index(idx, XdpMode::Driver)
+            .map_err(|e| SteerError::Attach {
+                ifname: ifname.to_string(),
+                mode: "native",
+                reason: explain_attach(&e),
+            })?;
+        self.sink = Some(link);
+        Ok(())
+    }
+
+    /// Frames the sink dropped so far, summed over CPUs.
+    ///
+    /// # Errors
+    /// [`SteerError::Map`].
+    pub fn sink_packets(&self) -> Result<u64, SteerError> {
+        let m: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("sink_count").expect("map in object"))
+                .map_err(map_err("sink_count"))?;
+        Ok(m.get(&0, 0).map_err(map_err("sink_count"))?.iter().sum())
     }
 
     /// Sends `frame` `repeat` times out of interface `ifindex` (in the calling thread's
@@ -601,6 +639,20 @@ fn explain_attach(e: &aya::programs::ProgramError) -> String {
         format!("{text} (the driver has no native XDP: use generic mode)")
     } else {
         format!("{text} [{detail}]")
+    }
+}
+
+impl Drop for LoadGen {
+    fn drop(&mut self) {
+        if let Some(link) = self.sink.take() {
+            let p: &mut Xdp = self
+                .ebpf
+                .program_mut("butterfly_sink")
+                .expect("loaded")
+                .try_into()
+                .expect("loaded");
+            let _ = p.detach(link);
+        }
     }
 }
 

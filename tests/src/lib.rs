@@ -5,8 +5,11 @@
 //! says what is missing instead of skipping silently.
 
 pub mod netns;
+pub mod tmp;
+pub mod tshark;
 
 pub use netns::{
     IFNAME_MAX, KillOnDrop, Netns, NetnsGuard, Veth, link_up, move_to_netns, require_root,
     require_tool, run, run_ok, set_addr, unique_ifname, veth_pair,
 };
+pub use tmp::TempDir;

@@ -285,24 +285,36 @@ impl Netns {
     /// count frames see no router solicitations or MLD reports.
     ///
     /// # Panics
-    /// When `sysctl` fails.
+    /// When the setting cannot be written.
     pub fn disable_ipv6(&self) {
         for key in ["all", "default", "lo"] {
-            self.run_ok(&[
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
-            ]);
+            self.sysctl(&format!("net.ipv6.conf.{key}.disable_ipv6=1"));
         }
     }
 
-    /// Sets a sysctl inside the namespace (`"net.ipv4.ip_forward=1"`).
+    /// Sets a sysctl inside the namespace (`"net.ipv4.ip_forward=1"`) by writing
+    /// `/proc/sys/net/ipv4/ip_forward` from a thread inside it (no `sysctl` binary needed).
     ///
     /// # Panics
-    /// When `sysctl` fails.
+    /// When the setting is not `key=value` or cannot be written.
     pub fn sysctl(&self, setting: &str) {
-        self.run_ok(&["sysctl", "-q", "-w", setting]);
+        let (key, value) = setting
+            .split_once('=')
+            .unwrap_or_else(|| panic!("sysctl setting {setting:?} is not key=value"));
+        let path = Path::new("/proc/sys").join(key.trim().replace('.', "/"));
+        let value = value.trim().to_string();
+        // A fresh thread, so the caller's thread never changes namespace.
+        let ns = self.name.clone();
+        let target = Path::new("/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let f = File::open(&target).unwrap_or_else(|e| panic!("cannot open netns {ns}: {e}"));
+            setns(f.as_fd(), CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns into {ns} failed: {e}"));
+            std::fs::write(&path, format!("{value}\n"))
+                .unwrap_or_else(|e| panic!("cannot write {} in netns {ns}: {e}", path.display()));
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
     }
 
     /// Reads a counter of interface `dev` from `/sys/class/net/DEV/statistics/NAME`

@@ -256,7 +256,7 @@ fn steering_end_to_end(mode: AttachMode, expect: AttachedMode) {
             .unwrap();
         sent.push(outer);
     }
-    let pcap = format!("/tmp/{}-tx.pcap", topo.peer.name);
+    let pcap = format!("/tmp/{}-tx.pcap", topo.peer.name());
     let dump = topo.peer.spawn(&[
         "timeout",
         "10",

@@ -16,6 +16,23 @@ fn veth_between_two_namespaces_pings_and_everything_is_removed_on_drop() {
     {
         let a = Netns::new("nsA");
         let b = Netns::new("nsB");
+        let ours = std::fs::read_to_string("/proc/sys/net/ipv6/conf/default/disable_ipv6").unwrap();
+        a.disable_ipv6();
+        assert_eq!(
+            a.run_ok(&["cat", "/proc/sys/net/ipv6/conf/default/disable_ipv6"])
+                .trim(),
+            "1"
+        );
+        assert_eq!(
+            b.run_ok(&["cat", "/proc/sys/net/ipv6/conf/default/disable_ipv6"]),
+            ours,
+            "only namespace A changed"
+        );
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/default/disable_ipv6").unwrap(),
+            ours,
+            "our namespace is untouched"
+        );
         let mut veth = veth_pair("ns");
         assert!(veth.a().len() <= 15 && veth.b().len() <= 15);
         assert!(ifindex(veth.a()).is_some(), "veth created in our namespace");

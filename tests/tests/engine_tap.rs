@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use butterfly_tests::{Netns, move_to_netns, require_root, require_tool, unique_ifname};
 use etherparse::{ArpOperation, Icmpv4Type, NetSlice, SlicedPacket, TransportSlice};
-use packetgraph::bricks::{Nop, Tap, TapCounters};
+use packetgraph::bricks::{Collect, Nop, PacketGen, Tap, TapCounters};
 use packetgraph::{
     Brick, BrickError, Burst, Emit, Graph, GraphError, Poles, Pool, PoolConfig, Side, Worker,
     WorkerConfig,
@@ -282,5 +282,98 @@ fn nothing_crosses_while_the_nop_is_unlinked_and_relinking_restores_traffic() {
     let count = g.get::<Count>("count").unwrap();
     assert_eq!(count.seen[0].echo_request, 2, "{:?}", count.seen);
     assert_eq!(count.seen[1].echo_reply, 2, "{:?}", count.seen);
+    assert_eq!(g.empty_bursts(), 0);
+}
+
+/// Without a worker: 100 echo requests queued by the kernel of namespace A are read 64
+/// per poll at most (64, then 36, then nothing); a burst written by the graph reaches
+/// the kernel whole.
+#[test]
+fn a_poll_reads_at_most_one_burst_and_writes_reach_the_kernel() {
+    require_root();
+    require_tool("ping");
+    let ns = Netns::new("tapC");
+    ns.disable_ipv6();
+    let pool = Pool::new(PoolConfig {
+        frame_count: 1024,
+        ..Default::default()
+    })
+    .unwrap();
+    let tap = Tap::new(&unique_ifname("tpc"), pool.clone()).expect("create TAP");
+    let dev = tap.name().to_string();
+    move_to_netns(&dev, &ns);
+    ns.addr(&dev, "10.77.1.1/24");
+    ns.up(&dev);
+    // A static neighbour: the kernel sends the echo requests without asking ARP first.
+    ns.run_ok(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.77.1.2",
+        "lladdr",
+        "02:00:00:00:01:02",
+        "dev",
+        &dev,
+    ]);
+    let mut g = Graph::new("tap-burst");
+    g.add("tap", tap).unwrap();
+    g.add("sink", Collect::new()).unwrap();
+    g.link("tap", "sink").unwrap();
+    // Drain anything the kernel sent while the interface came up.
+    while g.poll().unwrap() > 0 {}
+    let before = g.get::<Collect>("sink").unwrap().packets(Side::West);
+
+    let out = ns.run(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        "100",
+        "-i",
+        "0.002",
+        "-W",
+        "0.01",
+        "10.77.1.2",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("100 packets transmitted"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(g.poll().unwrap(), 64);
+    assert_eq!(g.poll().unwrap(), 36);
+    assert_eq!(g.poll().unwrap(), 0);
+    let sink = g.get::<Collect>("sink").unwrap();
+    assert_eq!(sink.packets(Side::West) - before, 100);
+    assert_eq!(sink.bursts(Side::West), if before > 0 { 3 } else { 2 });
+    for p in sink.last(Side::West).unwrap() {
+        let eth = SlicedPacket::from_ethernet(p.data()).unwrap();
+        assert!(
+            matches!(&eth.transport, Some(TransportSlice::Icmpv4(i)) if matches!(i.icmp_type(), Icmpv4Type::EchoRequest(_))),
+            "{:?}",
+            p.data()
+        );
+        assert_eq!(
+            &p.data()[..6],
+            &[2, 0, 0, 0, 1, 2],
+            "to the static neighbour"
+        );
+    }
+
+    // Graph → kernel: a burst of 50 frames of a local experimental ethertype.
+    let rx0 = ns.link_stat(&dev, "rx_packets");
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[2, 0, 0, 0, 1, 9, 0x88, 0xb5]);
+    frame.resize(60, 0xa5);
+    g.add("gen", PacketGen::new(pool.clone(), vec![frame], 50))
+        .unwrap();
+    g.unlink("tap").unwrap();
+    g.link("gen", "tap").unwrap();
+    g.poll().unwrap();
+    let c = g.get::<Tap>("tap").unwrap().stats();
+    assert_eq!(c.tx_packets, 50, "{c:?}");
+    assert_eq!(c.tx_bytes, 50 * 60);
+    assert_eq!((c.tx_drops, c.tx_errors), (0, 0));
+    assert_eq!(ns.link_stat(&dev, "rx_packets") - rx0, 50);
     assert_eq!(g.empty_bursts(), 0);
 }

@@ -35,10 +35,7 @@ pub fn run(name: Option<&str>, no_deps: bool) -> Result<()> {
         }
         return Ok(());
     };
-    let selected: Vec<&Target> = benches
-        .iter()
-        .filter(|t| t.name == name || t.name.starts_with(&format!("{name}_")))
-        .collect();
+    let selected: Vec<&Target> = benches.iter().filter(|t| selects(name, &t.name)).collect();
     if selected.is_empty() {
         let all: Vec<&str> = benches.iter().map(|t| t.name.as_str()).collect();
         bail!(
@@ -77,6 +74,13 @@ pub fn run(name: Option<&str>, no_deps: bool) -> Result<()> {
     Ok(())
 }
 
+/// True when `cargo xtask bench NAME` runs bench target `target`: `NAME` or `NAME_*`.
+fn selects(name: &str, target: &str) -> bool {
+    target
+        .strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('_'))
+}
+
 /// Runs one bench target, streaming its stdout and collecting its figures.
 fn run_one(t: &Target, results: &mut Vec<String>) -> Result<()> {
     let mut cmd = Command::new(util::cargo_bin());
@@ -104,4 +108,19 @@ fn run_one(t: &Target, results: &mut Vec<String>) -> Result<()> {
         bail!("`{line}` failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selects;
+
+    #[test]
+    fn name_selects_itself_and_its_parts_only() {
+        assert!(selects("engine", "engine"));
+        assert!(selects("overlay", "overlay_vtep"));
+        assert!(selects("overlay", "overlay_switch"));
+        assert!(!selects("overlay", "overlayx"));
+        assert!(!selects("overlay", "afxdp_overlay"));
+        assert!(!selects("engine_x", "engine"));
+    }
 }

@@ -54,7 +54,7 @@ pub enum PrintError {
 }
 
 enum Output {
-    Text(Box<dyn Write + Send>),
+    Text(BufWriter<Box<dyn Write + Send>>),
     Pcap(BufWriter<Box<dyn Write + Send>>),
 }
 
@@ -98,7 +98,7 @@ impl Print {
 
     /// Writes one text line per frame to `w` (flushed after every burst).
     pub fn text(w: impl Write + Send + 'static) -> Print {
-        Print::with_output(Output::Text(Box::new(w)))
+        Print::with_output(Output::Text(BufWriter::new(Box::new(w))))
     }
 
     /// Writes one text line per frame to standard output.

@@ -105,7 +105,8 @@ pub struct TapCounters {
     pub tx_packets: u64,
     /// Bytes of those frames.
     pub tx_bytes: u64,
-    /// Frames not read because the pool had no free frame (they wait in the kernel queue).
+    /// Polls cut short because the pool had no free frame (the frames wait in the
+    /// kernel's queue for the next poll).
     pub rx_no_buffer: u64,
     /// Frames from the graph that the device did not take (EAGAIN, interface down: EIO).
     pub tx_drops: u64,
@@ -167,13 +168,18 @@ impl Tap {
     /// without CAP_NET_ADMIN, [`TapError::Busy`] when the name is taken by another
     /// interface, [`TapError::Io`] otherwise.
     pub fn new(name: &str, pool: Pool) -> Result<Tap, TapError> {
+        Tap::create(Path::new(TUN_DEVICE), name, pool)
+    }
+
+    /// [`Tap::new`] with another clone device path (tests use a missing one).
+    fn create(device: &Path, name: &str, pool: Pool) -> Result<Tap, TapError> {
         check_name(name)?;
         let denied = || TapError::PermissionDenied { name: name.into() };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(Path::new(TUN_DEVICE))
+            .open(device)
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) => {
                     TapError::NoTunDevice
@@ -434,6 +440,71 @@ mod tests {
         }
         .to_string();
         assert!(msg.contains("at most 15"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_clone_device_is_reported_as_such() {
+        match Tap::create(Path::new("/nonexistent/net/tun"), "t0", pool()) {
+            Err(TapError::NoTunDevice) => {}
+            other => panic!("expected NoTunDevice, got {other:?}"),
+        }
+    }
+
+    /// Linux capabilities are per thread: a thread that drops CAP_NET_ADMIN from its
+    /// effective set gets EPERM from TUNSETIFF, which must come out as PermissionDenied.
+    #[test]
+    fn without_cap_net_admin_creation_is_denied_clearly() {
+        if !nix::unistd::geteuid().is_root() {
+            panic!("needs root: run as root / via cargo xtask test");
+        }
+        #[repr(C)]
+        struct CapHeader {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Default, Clone, Copy)]
+        struct CapData {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        const CAP_NET_ADMIN: u32 = 12;
+        let pool = pool();
+        let r = std::thread::spawn(move || {
+            let mut hdr = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let mut data = [CapData::default(); 2];
+            // SAFETY: capget with a v3 header and two data structs, as capget(2) says;
+            // both are valid for writes for the duration of the call.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_capget,
+                    &mut hdr as *mut CapHeader,
+                    data.as_mut_ptr(),
+                )
+            };
+            assert_eq!(rc, 0, "capget: {}", io::Error::last_os_error());
+            data[0].effective &= !(1 << CAP_NET_ADMIN);
+            // SAFETY: capset on the calling thread (pid 0) with the structs capget filled;
+            // it only lowers this thread's effective set.
+            let rc = unsafe {
+                libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr())
+            };
+            assert_eq!(rc, 0, "capset: {}", io::Error::last_os_error());
+            Tap::new("", pool).map(|t| t.name().to_string())
+        })
+        .join()
+        .unwrap();
+        match r {
+            Err(e @ TapError::PermissionDenied { .. }) => {
+                assert!(e.to_string().contains("CAP_NET_ADMIN"), "{e}")
+            }
+            other => panic!("expected PermissionDenied, got {other:?}"),
+        }
     }
 
     #[test]

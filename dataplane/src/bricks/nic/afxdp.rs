@@ -51,7 +51,7 @@ const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
 /// Fill-ring top-ups smaller than this wait for the next poll (unless the ring is empty).
 const FILL_BATCH: u32 = 32;
 
-/// A fill ring shared by the kernel and us, mapped from the socket.
+/// The steering program shared by the sockets of one interface (one XSKMAP slot each).
 pub type SharedSteering = Arc<Mutex<Steering>>;
 
 /// Whether to use zero-copy mode.
@@ -361,10 +361,22 @@ impl<D: Copy> Ring<D> {
     }
 }
 
+impl<D> Ring<D> {
+    /// Unmaps the ring (a mapping keeps the socket alive, even after close). The ring must
+    /// not be used afterwards.
+    fn unmap(&mut self) {
+        if self.map_len > 0 {
+            // SAFETY: unmaps the mapping made in `Ring::map`, once (map_len is zeroed);
+            // the owner does not touch the ring after this.
+            unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
+            self.map_len = 0;
+        }
+    }
+}
+
 impl<D> Drop for Ring<D> {
     fn drop(&mut self) {
-        // SAFETY: unmaps the mapping made in `Ring::map`; nothing points into it after.
-        unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
+        self.unmap();
     }
 }
 
@@ -393,6 +405,9 @@ pub struct AfXdp {
     multi_buffer: bool,
     /// Largest frame accepted for TX: MTU + Ethernet header + one VLAN tag, in bytes.
     max_tx_len: usize,
+    /// Descriptors left on the TX ring by the last kick (ENOBUFS...): kicked again on the
+    /// next poll, so they do not wait for the next transmitted burst.
+    tx_pending: bool,
     stats: AfXdpStats,
     steering: Option<SharedSteering>,
     xdp_mode: Option<AttachedMode>,
@@ -587,6 +602,7 @@ impl AfXdp {
             busy_poll: cfg.busy_poll.is_some(),
             multi_buffer: cfg.multi_buffer,
             max_tx_len: mtu + 14 + 4,
+            tx_pending: false,
             stats: AfXdpStats::default(),
             steering: None,
             xdp_mode: None,
@@ -866,6 +882,17 @@ impl AfXdp {
         self.in_kernel[(frame / 64) as usize] &= !(1 << (frame % 64));
     }
 
+    /// Keeps a free frame in the stash, or gives it back to the pool when the stash is full
+    /// (the stash never reallocates).
+    #[inline]
+    fn recycle(&mut self, frame: u32) {
+        if self.stash.len() < self.stash.capacity() {
+            self.stash.push(frame);
+        } else {
+            self.pool.free_raw(&[frame]);
+        }
+    }
+
     /// Takes completed TX frames back into the stash (or the pool when the stash is full).
     fn reclaim_completions(&mut self) {
         let n = self.comp.available();
@@ -956,6 +983,7 @@ impl AfXdp {
     }
 
     fn kick_tx(&mut self) {
+        self.tx_pending = false;
         if self.need_wakeup && !self.tx.needs_wakeup() {
             return;
         }
@@ -987,9 +1015,10 @@ impl AfXdp {
                         break;
                     }
                 }
-                _ => break, // ENOBUFS, ENETDOWN...: retried on the next burst
+                _ => break, // ENOBUFS, ENETDOWN...: retried on the next poll
             }
         }
+        self.tx_pending = self.tx.free() != self.tx.size;
     }
 
     /// Copies the data of fragment `d` to the end of `p` if it fits.
@@ -1034,6 +1063,9 @@ impl NicBackend for AfXdp {
     }
 
     fn rx_burst(&mut self, out: &mut Burst) -> Result<usize, BrickError> {
+        if self.tx_pending {
+            self.kick_tx();
+        }
         self.reclaim_completions();
         self.refill();
         let room = BURST_SIZE - out.len();
@@ -1078,7 +1110,7 @@ impl NicBackend for AfXdp {
                         }
                         Err(_) => {
                             self.stats.rx_bad_desc += 1;
-                            self.stash.push(frame);
+                            self.recycle(frame);
                         }
                     }
                 }
@@ -1086,11 +1118,7 @@ impl NicBackend for AfXdp {
                     if !pending_bad && !self.append_fragment(p, &d) {
                         pending_bad = true;
                     }
-                    if self.stash.len() < self.stash.capacity() {
-                        self.stash.push(frame);
-                    } else {
-                        self.pool.free_raw(&[frame]);
-                    }
+                    self.recycle(frame);
                     if !more {
                         let p = pending.take().expect("pending frame");
                         if pending_bad {
@@ -1150,7 +1178,7 @@ impl NicBackend for AfXdp {
                 let off = XDP_PACKET_HEADROOM.min(self.pool.headroom());
                 let len = p.len();
                 if off + len > self.pool.frame_size() {
-                    self.stash.push(frame);
+                    self.recycle(frame);
                     self.stats.tx_too_big += 1;
                     let _ = dropped.push(p);
                     continue;
@@ -1236,11 +1264,182 @@ impl Drop for AfXdp {
                 b &= b - 1;
             }
         }
-        // Closing the socket unbinds it: the kernel stops using the frames it held (fill
+        // Unmapping the rings and closing the socket releases it (each mapping holds a
+        // reference): the kernel unbinds it and stops using the frames it held (fill
         // ring, TX ring, in flight), which can then go back to the pool.
+        self.rx.unmap();
+        self.tx.unmap();
+        self.fill.unmap();
+        self.comp.unmap();
         // SAFETY: `fd` is not used after this point (only the rings' mappings, which do
         // not need it, are dropped after).
         drop(unsafe { ManuallyDrop::take(&mut self.fd) });
         self.pool.free_raw(&frames);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PoolConfig;
+
+    /// A ring over plain memory, with the test playing the kernel's side.
+    struct FakeRing<D> {
+        mem: Vec<u64>,
+        _d: std::marker::PhantomData<D>,
+    }
+
+    impl<D: Copy> FakeRing<D> {
+        fn new(size: u32) -> FakeRing<D> {
+            // producer, consumer, flags (one u64 each), then the descriptors.
+            let words = 3 + (size as usize * std::mem::size_of::<D>()).div_ceil(8);
+            FakeRing {
+                mem: vec![0; words],
+                _d: std::marker::PhantomData,
+            }
+        }
+
+        fn ring(&mut self, size: u32) -> Ring<D> {
+            let base = self.mem.as_mut_ptr().cast::<u8>();
+            let at = |o: usize| {
+                // SAFETY: offsets inside `mem` (3 header words, then the descriptors).
+                NonNull::new(unsafe { base.add(o) }).unwrap()
+            };
+            Ring {
+                producer: at(0).cast(),
+                consumer: at(8).cast(),
+                flags: at(16).cast(),
+                descs: at(24).cast(),
+                mask: size - 1,
+                size,
+                cached_prod: 0,
+                cached_cons: 0,
+                map: at(0).cast(),
+                map_len: 0, // not a mapping: nothing to unmap
+            }
+        }
+
+        fn word(&self, i: usize) -> u32 {
+            self.mem[i] as u32
+        }
+
+        fn set_word(&mut self, i: usize, v: u32) {
+            self.mem[i] = u64::from(v);
+        }
+    }
+
+    #[test]
+    fn producer_ring_wraps_and_respects_the_consumer() {
+        let mut fake = FakeRing::<u64>::new(64);
+        let mut r = fake.ring(64);
+        assert_eq!(r.free(), 64);
+        for round in 0..5u32 {
+            let free = r.free();
+            assert_eq!(free, 64);
+            for i in 0..40 {
+                r.write(i, u64::from(round * 100 + i));
+            }
+            r.submit(40);
+            assert_eq!(r.free(), 24, "the kernel has not consumed yet");
+            // The kernel consumes everything.
+            let prod = fake.word(0);
+            assert_eq!(prod, (round + 1) * 40);
+            fake.set_word(1, prod);
+        }
+        // Entry of the last round landed at (4*40 + i) & 63.
+        let idx = (4 * 40 + 7) & 63;
+        assert_eq!(fake.mem[3 + idx], 407);
+    }
+
+    #[test]
+    fn consumer_ring_reads_what_the_kernel_published() {
+        let mut fake = FakeRing::<libc::xdp_desc>::new(64);
+        let mut r = fake.ring(64);
+        assert_eq!(r.available(), 0);
+        let mut next = 0u32;
+        for _ in 0..4 {
+            // The kernel publishes 50 descriptors.
+            for i in 0..50u32 {
+                let idx = ((next + i) & 63) as usize;
+                let d = libc::xdp_desc {
+                    addr: u64::from(next + i) * 2048 + 256,
+                    len: 60 + i,
+                    options: 0,
+                };
+                // SAFETY: inside `mem`, after the three header words.
+                unsafe {
+                    fake.mem
+                        .as_mut_ptr()
+                        .add(3)
+                        .cast::<libc::xdp_desc>()
+                        .add(idx)
+                        .write(d)
+                };
+            }
+            next += 50;
+            fake.set_word(0, next);
+            assert_eq!(r.available(), 50);
+            for i in 0..50 {
+                let d = r.read(i);
+                assert_eq!(d.len, 60 + i);
+                assert_eq!(d.addr & 2047, 256);
+            }
+            r.release(50);
+            assert_eq!(fake.word(1), next);
+            assert_eq!(r.available(), 0);
+        }
+    }
+
+    #[test]
+    fn config_is_checked_before_touching_the_kernel() {
+        assert!(check_ring("rx_size", 1024).is_ok());
+        assert!(check_ring("rx_size", 1000).is_err());
+        assert!(check_ring("rx_size", 32).is_err());
+        assert!(check_ring("rx_size", 32768).is_err());
+        let pool = Pool::new(PoolConfig {
+            frame_count: 64,
+            frame_size: 8192,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let e = AfXdp::open(&AfXdpConfig::new("lo", 0), &pool)
+            .err()
+            .unwrap();
+        assert!(matches!(e, AfXdpError::Config(_)), "{e}");
+        let pool = Pool::new(PoolConfig {
+            frame_count: 64,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let e = AfXdp::open(&AfXdpConfig::new("nosuchdev0", 0), &pool)
+            .err()
+            .unwrap();
+        assert!(matches!(e, AfXdpError::NoInterface(_)), "{e}");
+        let mut cfg = AfXdpConfig::new("nosuchdev0", 0);
+        cfg.fill_size = 100;
+        let e = AfXdp::open(&cfg, &pool).err().unwrap();
+        assert!(e.to_string().contains("fill_size"), "{e}");
+        assert_eq!(pool.available(), 64);
+    }
+
+    #[test]
+    fn statistics_struct_matches_the_kernel() {
+        assert_eq!(
+            std::mem::size_of::<XdpStatistics>(),
+            std::mem::size_of::<libc::xdp_statistics>()
+        );
+    }
+
+    #[test]
+    fn memlock_error_says_how_to_fix_it() {
+        let e = AfXdpError::Memlock {
+            bytes: 16 << 20,
+            source: io::Error::from_raw_os_error(libc::ENOBUFS),
+        };
+        let t = e.to_string();
+        assert!(
+            t.contains("RLIMIT_MEMLOCK") && t.contains("CAP_IPC_LOCK"),
+            "{t}"
+        );
     }
 }
