@@ -1487,9 +1487,10 @@ impl Vtep {
         let mut dirty = [0u16; crate::burst::BURST_SIZE];
         let mut ndirty = 0;
         let mut east = Burst::new();
-        // MACs refreshed in this burst (a small ring: each MAC is refreshed once per
-        // burst, not once per packet).
-        let mut recent: [Option<(u32, u64, IpAddr)>; 8] = [None; 8];
+        // (VNI, inner source MAC) pairs refreshed in this burst: each MAC is learned once per
+        // burst, not once per packet (a MAC that moves to another remote VTEP in the
+        // middle of a burst moves with the next burst).
+        let mut recent = [u128::MAX; 8];
         let mut recent_next = 0;
         let mut last_neigh: Option<(IpAddr, [u8; 6])> = None;
         let mut last_vni = None;
@@ -1505,7 +1506,7 @@ impl Vtep {
                     src_mac,
                 } => {
                     let inner_src = mac_u64(&p.data()[start + 6..start + 12]);
-                    let k = Some((vni, inner_src, src_ip));
+                    let k = ((vni as u128) << 64) | inner_src as u128;
                     if (inner_src >> 40) & 1 == 0 && !recent.contains(&k) {
                         self.learn(vni, inner_src, src_ip, src_mac, now);
                         recent[recent_next] = k;
