@@ -217,8 +217,17 @@ impl Api {
         })
     }
 
-    fn empty(&self, req: Request) -> Result<Response<proto::Empty>, Status> {
-        self.execute(&req)?;
+    /// [`Api::execute`] on the blocking thread pool: the dataplane waits for its workers
+    /// and the state file is fsynced, neither of which may stall the API's runtime.
+    async fn execute_blocking(&self, req: Request) -> Result<Config, Status> {
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || api.execute(&req))
+            .await
+            .map_err(|e| Status::internal(format!("request task failed: {e}")))?
+    }
+
+    async fn empty(&self, req: Request) -> Result<Response<proto::Empty>, Status> {
+        self.execute_blocking(req).await?;
         Ok(Response::new(proto::Empty {}))
     }
 
@@ -327,7 +336,7 @@ impl Butterfly for Api {
             .nic
             .ok_or_else(|| field_status(&FieldError::invalid("nic", "missing")))?;
         let spec = convert::nic_spec_from_proto(&nic).map_err(|e| field_status(&e))?;
-        let cfg = self.execute(&Request::NicAdd(spec))?;
+        let cfg = self.execute_blocking(Request::NicAdd(spec)).await?;
         let socket_path = cfg.nics[&nic.id]
             .socket_path
             .as_ref()
@@ -341,6 +350,7 @@ impl Butterfly for Api {
         self.empty(Request::NicUpdate(convert::nic_update_from_proto(
             r.get_ref(),
         )))
+        .await
     }
 
     async fn nic_del(&self, r: GrpcRequest<proto::NicDelRequest>) -> Reply<proto::Empty> {
@@ -348,6 +358,7 @@ impl Butterfly for Api {
         self.empty(Request::NicDel {
             id: r.into_inner().id,
         })
+        .await
     }
 
     async fn nic_list(&self, _: GrpcRequest<proto::Empty>) -> Reply<proto::NicListResponse> {
@@ -395,6 +406,7 @@ impl Butterfly for Api {
             nic: r.nic,
             sg: r.sg,
         })
+        .await
     }
 
     async fn nic_sg_del(&self, r: GrpcRequest<proto::NicSgRequest>) -> Reply<proto::Empty> {
@@ -404,6 +416,7 @@ impl Butterfly for Api {
             nic: r.nic,
             sg: r.sg,
         })
+        .await
     }
 
     async fn nic_sg_list(&self, r: GrpcRequest<proto::NicId>) -> Reply<proto::IdList> {
@@ -417,6 +430,7 @@ impl Butterfly for Api {
         self.empty(Request::SgAdd {
             id: r.into_inner().id,
         })
+        .await
     }
 
     async fn sg_del(&self, r: GrpcRequest<proto::SgId>) -> Reply<proto::Empty> {
@@ -424,6 +438,7 @@ impl Butterfly for Api {
         self.empty(Request::SgDel {
             id: r.into_inner().id,
         })
+        .await
     }
 
     async fn sg_list(&self, _: GrpcRequest<proto::Empty>) -> Reply<proto::IdList> {
@@ -453,10 +468,12 @@ impl Butterfly for Api {
             .ok_or_else(|| field_status(&FieldError::invalid("rule", "missing")))?;
         let rule =
             convert::rule_spec_from_proto(&rule).map_err(|e| field_status(&e.within("rule")))?;
-        let cfg = self.execute(&Request::SgRuleAdd {
-            sg: r.sg.clone(),
-            rule,
-        })?;
+        let cfg = self
+            .execute_blocking(Request::SgRuleAdd {
+                sg: r.sg.clone(),
+                rule,
+            })
+            .await?;
         let rule_id = cfg.sgs[&r.sg]
             .rules
             .last()
@@ -472,6 +489,7 @@ impl Butterfly for Api {
             sg: r.sg,
             rule_id: r.rule_id,
         })
+        .await
     }
 
     async fn sg_rule_list(&self, r: GrpcRequest<proto::SgId>) -> Reply<proto::RuleList> {
@@ -489,12 +507,14 @@ impl Butterfly for Api {
         self.count();
         let r = r.into_inner();
         self.empty(Request::SgMemberAdd { sg: r.sg, ip: r.ip })
+            .await
     }
 
     async fn sg_member_del(&self, r: GrpcRequest<proto::SgMemberRequest>) -> Reply<proto::Empty> {
         self.count();
         let r = r.into_inner();
         self.empty(Request::SgMemberDel { sg: r.sg, ip: r.ip })
+            .await
     }
 
     async fn sg_member_list(&self, r: GrpcRequest<proto::SgId>) -> Reply<proto::IdList> {
@@ -515,6 +535,7 @@ impl Butterfly for Api {
             vni: r.vni,
             vtep: r.vtep,
         })
+        .await
     }
 
     async fn flood_del(&self, r: GrpcRequest<proto::FloodRequest>) -> Reply<proto::Empty> {
@@ -524,6 +545,7 @@ impl Butterfly for Api {
             vni: r.vni,
             vtep: r.vtep,
         })
+        .await
     }
 
     async fn flood_list(
@@ -608,10 +630,13 @@ impl Butterfly for Api {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| field_status(&e))?;
-        self.load_requests(&reqs, r.replace)?;
-        Ok(Response::new(proto::LoadResponse {
-            applied: reqs.len() as u32,
-        }))
+        let api = self.clone();
+        let replace = r.replace;
+        let applied = reqs.len() as u32;
+        tokio::task::spawn_blocking(move || api.load_requests(&reqs, replace))
+            .await
+            .map_err(|e| Status::internal(format!("request task failed: {e}")))??;
+        Ok(Response::new(proto::LoadResponse { applied }))
     }
 }
 

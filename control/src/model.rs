@@ -561,7 +561,7 @@ pub enum Request {
 /// What the dataplane must do after an accepted request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DesiredChange {
-    /// Build the NIC's chain (firewall → antispoof → [sniffer] → vhost/tap) and link it
+    /// Build the NIC's chain (firewall → antispoof → \[sniffer\] → vhost/tap) and link it
     /// to its VNI (to the VTEP, or to the VNI's switch once it has two NICs).
     NicAdded(Nic),
     /// Rebuild what differs between `old` and `new` (IPs, groups, antispoof, bypass,

@@ -102,7 +102,7 @@ pub async fn serve(
     api: Api,
     unix: UnixListener,
     unix_path: PathBuf,
-    tcp: Option<TlsEndpoint>,
+    tcp: Option<BoundTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -134,12 +134,20 @@ pub async fn serve(
     tcp_res
 }
 
+/// The TCP endpoint, bound, with its TLS configuration loaded: made by [`bind_tls`] before
+/// serving, so a busy port or unreadable key stops the daemon at start.
+pub struct BoundTls {
+    addr: SocketAddr,
+    mutual: bool,
+    #[cfg(feature = "tls")]
+    incoming: tonic::transport::server::TcpIncoming,
+    #[cfg(feature = "tls")]
+    server: tonic::transport::Server,
+}
+
+/// Reads the TLS material of `t` and binds its address.
 #[cfg(feature = "tls")]
-async fn serve_tls(
-    api: Api,
-    t: TlsEndpoint,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ServeError> {
+pub fn bind_tls(t: &TlsEndpoint) -> Result<BoundTls, ServeError> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let read =
         |p: &Path| std::fs::read(p).map_err(|e| ServeError::Tls(format!("{}: {e}", p.display())));
@@ -148,25 +156,49 @@ async fn serve_tls(
     if let Some(ca) = &t.client_ca {
         cfg = cfg.client_ca_root(Certificate::from_pem(read(ca)?));
     }
-    let endpoint = format!("tcp:{}", t.addr);
-    let transport = |source| ServeError::Transport {
-        endpoint: endpoint.clone(),
-        source,
-    };
-    tracing::info!(addr = %t.addr, mutual = t.client_ca.is_some(), "API on TCP with TLS");
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .tls_config(cfg)
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .serve_with_shutdown(t.addr, api.into_service(), shutdown)
-        .await
-        .map_err(transport)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind(t.addr).map_err(|source| ServeError::Io {
+            path: PathBuf::from(format!("tcp:{}", t.addr)),
+            op: "bind",
+            source,
+        })?;
+    Ok(BoundTls {
+        addr: t.addr,
+        mutual: t.client_ca.is_some(),
+        incoming,
+        server,
+    })
 }
 
+/// Without the `tls` feature there is no TCP endpoint.
 #[cfg(not(feature = "tls"))]
-async fn serve_tls(_: Api, _: TlsEndpoint, _: impl Future<Output = ()>) -> Result<(), ServeError> {
+pub fn bind_tls(_: &TlsEndpoint) -> Result<BoundTls, ServeError> {
     Err(ServeError::Tls(
         "this butterflyd was built without the `tls` feature: no TCP endpoint".into(),
     ))
+}
+
+#[cfg(feature = "tls")]
+async fn serve_tls(
+    api: Api,
+    t: BoundTls,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tracing::info!(addr = %t.addr, mutual = t.mutual, "API on TCP with TLS");
+    let endpoint = format!("tcp:{}", t.addr);
+    t.server
+        .serve_with_incoming_shutdown(api.into_service(), t.incoming, shutdown)
+        .await
+        .map_err(|source| ServeError::Transport { endpoint, source })
+}
+
+#[cfg(not(feature = "tls"))]
+async fn serve_tls(_: Api, t: BoundTls, _: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let _ = (t.addr, t.mutual);
+    Ok(())
 }
 
 /// Serves Prometheus metrics (text exposition format 0.0.4) on `GET /metrics` until

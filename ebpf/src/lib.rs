@@ -666,3 +666,11 @@ impl Drop for Steering {
 
 #[cfg(test)]
 mod tests;
+
+/// `Steering` moves between threads and is shared by the AF_XDP sockets of one interface
+/// (behind a mutex): check it stays `Send + Sync`.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Steering>();
+    send_sync::<LoadGen>();
+};

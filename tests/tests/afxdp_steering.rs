@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use afxdp_util::*;
 use butterfly_ebpf::{AttachMode, AttachedMode, Steering, Variant};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use packetgraph::bricks::Nic;
 use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig};
+use packetgraph::bricks::{Nic, NicBackend};
 use packetgraph::{Brick, Burst, Graph, Pool, PoolConfig, Side, Worker, WorkerConfig};
 
 /// MAC the peer's kernel uses for the overlay address 192.168.4x.1 ("our VM").
@@ -360,4 +360,90 @@ fn native_xdp_steers_vxlan_and_leaves_host_traffic() {
 #[test]
 fn generic_xdp_steers_vxlan_and_leaves_host_traffic() {
     steering_end_to_end(AttachMode::Generic, AttachedMode::Generic);
+}
+
+/// VXLAN in an 802.1Q-tagged frame (VLAN 100): the program looks through the tag and the
+/// frame reaches the graph with its tag; a tagged frame to another UDP port is passed. This
+/// kernel has no 802.1Q support (CONFIG_VLAN_8021Q unset), so the peer sends the tagged
+/// frames with an AF_XDP socket of its own (the same nic backend, used as a sender).
+#[test]
+fn vlan_tagged_vxlan_is_steered() {
+    require_root();
+    let topo = Topology::new("axv");
+    let pool = Pool::new(PoolConfig::default()).unwrap();
+    let (steering, mut x) = {
+        let _in_host = topo.host.enter();
+        let mut s = Steering::load(Variant::Linear).unwrap();
+        s.set_vxlan_port(4789).unwrap();
+        s.add_vtep_addr(HOST_V4.parse().unwrap()).unwrap();
+        s.attach(&topo.host_if, AttachMode::Native, false).unwrap();
+        let s = Arc::new(Mutex::new(s));
+        let mut x = AfXdp::open(&AfXdpConfig::new(&topo.host_if, 0), &pool).unwrap();
+        x.register(&s).unwrap();
+        (s, x)
+    };
+    let mut sender = {
+        let _in_peer = topo.peer.enter();
+        AfXdp::open(&AfXdpConfig::new(&topo.peer_if, 0), &pool).unwrap()
+    };
+    let host_mac = mac_of(&topo.host, &topo.host_if);
+    let peer_mac = mac_of(&topo.peer, &topo.peer_if);
+    let tagged = |dport: u16, seq: u16| {
+        let mut inner = Vec::new();
+        PacketBuilder::ethernet2([0x02, 0, 0, 0, 0x45, 2], VM_MAC)
+            .ipv4([192, 168, 45, 2], [192, 168, 45, 1], 64)
+            .icmpv4_echo_request(7, seq)
+            .write(&mut inner, b"tagged")
+            .unwrap();
+        let mut vx = vec![0x08, 0, 0, 0, 0, 0, 45, 0];
+        vx.extend_from_slice(&inner);
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(peer_mac, host_mac)
+            .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+            .ipv4([10, 77, 0, 2], [10, 77, 0, 1], 64)
+            .udp(50000, dport)
+            .write(&mut f, &vx)
+            .unwrap();
+        f
+    };
+    let mut b = Burst::new();
+    for seq in 0..4 {
+        b.push(pool.packet_from(&tagged(4789, seq)).unwrap())
+            .unwrap();
+    }
+    b.push(pool.packet_from(&tagged(4790, 9)).unwrap()).unwrap();
+    assert_eq!(NicBackend::tx_burst(&mut sender, b).unwrap(), 5);
+    let t = Instant::now();
+    let mut got = Vec::new();
+    while got.len() < 4 && t.elapsed() < Duration::from_secs(5) {
+        let mut b = Burst::new();
+        NicBackend::rx_burst(&mut x, &mut b).unwrap();
+        got.extend(b.iter().map(|p| p.data().to_vec()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut b = Burst::new();
+    NicBackend::rx_burst(&mut x, &mut b).unwrap();
+    got.extend(b.iter().map(|p| p.data().to_vec()));
+    assert_eq!(
+        got.len(),
+        4,
+        "the 4 tagged VXLAN frames, not the one to port 4790"
+    );
+    for (seq, f) in got.iter().enumerate() {
+        assert_eq!(
+            f,
+            &tagged(4789, seq as u16),
+            "received byte for byte, tag included"
+        );
+        let untagged = [&f[..12], &f[16..]].concat();
+        let v = parse_vxlan(&untagged).expect("VXLAN inside the tag");
+        assert_eq!((v.vni, v.icmp_echo_request), (45, true));
+    }
+    let c = steering.lock().unwrap().counters().unwrap();
+    assert_eq!(c.steered, 4, "{c:?}");
+    assert!(
+        c.passed >= 1,
+        "the frame to port 4790 went to the kernel: {c:?}"
+    );
 }

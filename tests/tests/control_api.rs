@@ -4,8 +4,8 @@
 //!
 //! Needs no privileges and sends no packets: the daemon's VTEP address is 192.0.2.1
 //! (TEST-NET-1, never used), sockets live in a per-test temporary directory, TCP
-//! endpoints listen on 127.0.0.1. The binaries are built by the first test that needs
-//! them (`cargo build -p butterfly --bins`).
+//! endpoints listen on 127.0.0.1. The binaries come from the same target directory (see
+//! [`bin_dir`]).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,7 +15,36 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The directory holding `butterfly` and `butterflyd`, built once per test process.
+/// The newest modification time of the sources the binaries are built from.
+fn newest_source() -> std::time::SystemTime {
+    fn walk(p: &Path, newest: &mut std::time::SystemTime) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if e.file_name() != "target" {
+                    walk(&e.path(), newest);
+                }
+            }
+        } else if let Ok(m) = meta.modified() {
+            *newest = (*newest).max(m);
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for part in ["control", "dataplane", "vhost", "Cargo.toml", "Cargo.lock"] {
+        walk(&root.join(part), &mut newest);
+    }
+    newest
+}
+
+/// The directory holding `butterfly` and `butterflyd`. `cargo nextest run --workspace`
+/// builds them with everything else; when they are missing or older than their sources
+/// (e.g. `-p butterfly-tests` only), the first test builds them
+/// (`cargo build -p butterfly --bins`).
 fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -26,16 +55,27 @@ fn bin_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("target/<profile>")
             .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "butterfly", "--bins", "--quiet"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+        let built = |b: &str| {
+            std::fs::metadata(dir.join(b))
+                .and_then(|m| m.modified())
+                .ok()
+        };
+        let sources = newest_source();
+        let fresh = ["butterfly", "butterflyd"]
+            .iter()
+            .all(|b| built(b).is_some_and(|t| t >= sources));
+        if !fresh {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "butterfly", "--bins", "--quiet"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .status()
+                .expect("running cargo build -p butterfly --bins");
+            assert!(status.success(), "cargo build -p butterfly --bins failed");
         }
-        let status = cmd
-            .status()
-            .expect("running cargo build -p butterfly --bins");
-        assert!(status.success(), "cargo build -p butterfly --bins failed");
         for b in ["butterfly", "butterflyd"] {
             assert!(
                 dir.join(b).exists(),
@@ -1183,6 +1223,26 @@ fn tcp_endpoint_is_tls_with_client_certificates() {
         r.stdout
     );
     assert!(r.stdout.is_empty());
+    // A second daemon cannot take the same TCP port: it stops at start, saying why.
+    let other = t.0.join("other");
+    let out = Command::new(bin_dir().join("butterflyd"))
+        .args([
+            "--nic",
+            "lo",
+            "--ip",
+            "192.0.2.1",
+            "--no-dataplane",
+            "--api-socket",
+        ])
+        .arg(other.join("api.sock"))
+        .arg("--state-file")
+        .arg(other.join("state.json"))
+        .args(["--api-tcp", &addr, "--tls-cert", &cert, "--tls-key", &key])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("tcp:{addr}: bind")), "{err}");
     // Plain text on the TLS port gets no gRPC answer.
     let mut conn = TcpStream::connect(&addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -36,6 +36,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("cpio", "guest initramfs"),
     ("xz-utils", "guest kernel extraction"),
     ("kmod", "modinfo/modprobe for guest modules"),
+    ("openssl", "test certificates for the TLS API endpoint"),
+    ("arping", "ARP probes in tests"),
+    ("gzip", "guest initramfs"),
 ];
 
 /// QEMU comes from `<codename>-backports` on Debian 12 (QEMU 10; bookworm's 7.2 is too old

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod deps;
+mod guest;
 mod test;
 mod util;
 
@@ -86,7 +87,20 @@ enum Command {
         #[arg(long)]
         no_deps: bool,
     },
-    // `guest` (tiny QEMU guest images for tests and the demo) lives in `guest.rs`.
+    /// Build the tiny QEMU guest used by the vhost tests and the demo (cached).
+    ///
+    /// Kernel from Debian's linux-image package (uncompressed vmlinux for the fast PVH
+    /// boot), busybox-static initramfs with the virtio-net modules and an `/init` that
+    /// takes its IP, MAC, peers and test from the kernel command line. Cached under
+    /// `target/guest/`; rebuilt only when missing or with `--force`.
+    Guest {
+        /// Rebuild even when the cached image exists.
+        #[arg(long)]
+        force: bool,
+        /// Skip `deps`.
+        #[arg(long)]
+        no_deps: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,6 +112,7 @@ fn main() -> ExitCode {
             nextest_args,
         } => test::run(no_deps, &nextest_args),
         Command::Bench { name, no_deps } => bench::run(name.as_deref(), no_deps),
+        Command::Guest { force, no_deps } => guest_cmd(force, no_deps),
         Command::BuildEbpf => util::cargo(&["build", "-p", "butterfly-ebpf"]),
         Command::Demo { no_deps } => demo::run(no_deps),
     };
@@ -108,4 +123,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask guest`: deps, then build (or reuse) the guest image and say where it is.
+fn guest_cmd(force: bool, no_deps: bool) -> anyhow::Result<()> {
+    if !no_deps {
+        deps::run()?;
+    }
+    let img = guest::build(&util::workspace_root().join("target"), force)?;
+    println!("guest: kernel {}", img.kernel.display());
+    println!("guest: initrd {}", img.initrd.display());
+    Ok(())
 }

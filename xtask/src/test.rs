@@ -25,6 +25,10 @@ pub fn run(no_deps: bool, extra: &[String]) -> Result<()> {
     if !nextest_present {
         bail!("cargo-nextest is not installed: cargo install cargo-nextest --locked");
     }
+    // The vhost end-to-end tests boot QEMU guests: build (or reuse) the image first.
+    println!("test: guest image for the QEMU tests (cargo xtask guest)");
+    let img = crate::guest::build(&util::workspace_root().join("target"), false)?;
+    println!("test: guest image ready: {}", img.kernel.display());
     let mut args = vec!["nextest", "run", "--workspace", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     let unit = util::cargo(&args);

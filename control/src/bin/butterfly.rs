@@ -322,7 +322,7 @@ struct RuleAdd {
     /// in = towards the VM, out = from the VM.
     #[arg(long, value_enum)]
     dir: CliDirection,
-    /// tcp, udp, icmp, all, or an IP protocol number 0..=255.
+    /// tcp, udp, icmp (IPv4), icmpv6, all, or an IP protocol number 0..=255.
     #[arg(long, value_name = "PROTO")]
     ip_proto: String,
     /// One destination port (tcp/udp).

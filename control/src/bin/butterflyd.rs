@@ -126,6 +126,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         "configuration restored"
     );
     let listener = server::bind_unix(&settings.api_socket).map_err(|e| e.to_string())?;
+    let tcp = match &settings.api_tcp {
+        Some(t) => Some(server::bind_tls(t).map_err(|e| e.to_string())?),
+        None => None,
+    };
     tracing::info!(socket = %settings.api_socket.display(), "API listening");
 
     // Shutdown: SIGTERM, SIGINT or the API's Shutdown call.
@@ -172,7 +176,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         api.clone(),
         listener,
         settings.api_socket.clone(),
-        settings.api_tcp.clone(),
+        tcp,
         stopped(stop_rx),
     )
     .await;

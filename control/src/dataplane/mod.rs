@@ -8,7 +8,7 @@
 //!
 //! It owns the host graph of DESIGN.md (NIC (AF_XDP | DPDK) → VTEP → per VNI either the
 //! single NIC's chain or a switch with one chain per NIC; a chain is firewall → antispoof
-//! → [pcap sniffer] → vhost-user or tap) running on worker threads, and edits it with
+//! → \[pcap sniffer\] → vhost-user or tap) running on worker threads, and edits it with
 //! commands applied between polls (`Worker::exec`):
 //!
 //! - [`DesiredChange::NicAdded`]: create the vhost-user socket (server) or connect to it
@@ -27,8 +27,9 @@
 //! - [`Dataplane::reconcile`]: make the graph match a whole configuration (at start from
 //!   the state file, after `load`, and to undo a change whose persistence failed).
 //!
-//! [`translate`] turns the model into the bricks' settings (firewall groups, antispoof,
-//! flood destinations).
+//! [`topology`] gives the bricks and links a configuration asks for and the steps from one
+//! graph to the next; [`translate`] turns the model into the bricks' settings (firewall
+//! groups, antispoof, flood destinations).
 //!
 //! A call that fails must leave the graph as it was and say which field caused it
 //! ([`DataplaneError::Refused`]) when the cause is in the request (for example a socket
@@ -36,6 +37,7 @@
 
 use crate::model::{Config, DesiredChange};
 
+pub mod topology;
 pub mod translate;
 
 /// Why the dataplane could not do what was asked.
@@ -77,8 +79,10 @@ pub struct NicCounters {
 
 /// What the API drives after a successful change of the desired configuration.
 ///
-/// Methods are synchronous and short (they post commands to workers and wait for them);
-/// the API calls them with the configuration lock held, so calls never overlap.
+/// Methods are synchronous. `apply` and `reconcile` may block (post commands to workers
+/// and wait for them): the API calls them on a blocking thread with the configuration
+/// lock held, so they never overlap. `nic_stats`, `graph_dot` and `describe` are called
+/// from the API's async runtime and must answer quickly (read counters, no waiting).
 pub trait Dataplane: Send + Sync + 'static {
     /// One line for `status`: what forwards packets (`"AF_XDP on eth0 (native, copy
     /// mode), 1 worker"`).

@@ -5,8 +5,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use packetgraph::BrickStats;
+use packetgraph::bricks::antispoof::AntispoofCounters;
 use packetgraph::bricks::firewall as fw;
 use packetgraph::bricks::{Antispoof, AntispoofChecks, Flood};
+
+use super::NicCounters;
 
 use crate::model::{self, Config, Direction, Nic, Protocol, RuleSource};
 
@@ -115,6 +119,33 @@ pub fn flood(vni: u32, config: &Config, vtep_ip: IpAddr) -> Flood {
     match config.flood.get(&vni) {
         Some(list) if !list.is_empty() => Flood::List(list.iter().copied().collect()),
         _ => Flood::Multicast(model::multicast_group(vni, vtep_ip)),
+    }
+}
+
+/// A NIC's counters from its bricks: the VM end `vm-ID` (linked by its EAST side, see
+/// [`super::topology`]: what it sends EAST came from the VM, what arrives there goes to
+/// the VM), and its firewall and antispoof when it has them.
+pub fn nic_counters(
+    vm: &BrickStats,
+    firewall: Option<&fw::FirewallCounters>,
+    antispoof: Option<&AntispoofCounters>,
+) -> NicCounters {
+    NicCounters {
+        rx_packets: vm.east.tx_packets,
+        rx_bytes: vm.east.tx_bytes,
+        tx_packets: vm.east.rx_packets,
+        tx_bytes: vm.east.rx_bytes,
+        dropped_firewall: firewall.map_or(0, fw::FirewallCounters::dropped),
+        dropped_antispoof: antispoof.map_or(0, |a| {
+            a.drop_mac
+                + a.drop_vlan
+                + a.drop_rarp
+                + a.drop_arp
+                + a.drop_ipv4
+                + a.drop_ipv6
+                + a.drop_ndp
+                + a.drop_malformed
+        }),
     }
 }
 
@@ -310,6 +341,36 @@ mod tests {
         assert!(r.validate().is_ok());
         let r = firewall_rule(&cfg.sgs["web"].rules[2]);
         assert_eq!(r.peer, fw::Peer::Group("dns".into()));
+    }
+
+    #[test]
+    fn nic_counters_read_the_vm_end_from_the_vm_side() {
+        let mut vm = BrickStats::default();
+        vm.east.tx_packets = 3; // sent into the graph: from the VM
+        vm.east.tx_bytes = 300;
+        vm.east.rx_packets = 5; // arrived from the graph: to the VM
+        vm.east.rx_bytes = 500;
+        let a = AntispoofCounters {
+            drop_mac: 1,
+            drop_ipv4: 2,
+            drop_malformed: 4,
+            passed_vm: 100,
+            ..AntispoofCounters::default()
+        };
+        let c = nic_counters(&vm, None, Some(&a));
+        assert_eq!(
+            (c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes),
+            (3, 300, 5, 500)
+        );
+        assert_eq!((c.dropped_firewall, c.dropped_antispoof), (0, 7));
+        let f = fw::FirewallCounters {
+            drop_denied: 6,
+            drop_tcp_no_flow: 2,
+            passed_new: 9,
+            ..fw::FirewallCounters::default()
+        };
+        assert_eq!(f.dropped(), 8);
+        assert_eq!(nic_counters(&vm, Some(&f), None).dropped_firewall, 8);
     }
 
     #[test]

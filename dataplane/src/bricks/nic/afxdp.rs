@@ -25,6 +25,11 @@
 //! is reassembled by copying; a larger one is dropped and counted (`rx_jumbo_dropped`):
 //! for a jumbo MTU use 4096-byte frames, which hold 3840 bytes after the headroom.
 //!
+//! Since a frame belongs to exactly one owner at a time (the pool, a packet, or one
+//! socket's rings), one pool may also back several sockets opened with [`AfXdp::open`]
+//! (each registers the same region as its own UMEM): frames still move between them
+//! without a copy. [`AfXdp::open_shared`] shares one registration instead.
+//!
 //! Steering VXLAN to the socket is the XDP program's job (crate `butterfly-ebpf`):
 //! [`AfXdp::register`] puts the socket into its XSKMAP slot and takes it out on drop.
 
@@ -1080,9 +1085,10 @@ impl NicBackend for AfXdp {
         // A multi-buffer frame being reassembled, and whether it is already too big.
         let mut pending: Option<Packet> = None;
         let mut pending_bad = false;
+        let mut skipping = false;
         let frame_count = self.pool.frame_count();
         while used < avail {
-            if pending.is_none() && got == room {
+            if pending.is_none() && !skipping && got == room {
                 break;
             }
             let d = self.rx.read(used);
@@ -1094,6 +1100,12 @@ impl NicBackend for AfXdp {
             }
             self.mark_ours(frame);
             let more = self.multi_buffer && d.options & libc::XDP_PKT_CONTD != 0;
+            if skipping {
+                // The rest of a multi-buffer frame whose first descriptor was bad.
+                self.recycle(frame);
+                skipping = more;
+                continue;
+            }
             match pending.as_mut() {
                 None => {
                     let off = (d.addr & self.frame_mask) as usize;
@@ -1111,6 +1123,7 @@ impl NicBackend for AfXdp {
                         Err(_) => {
                             self.stats.rx_bad_desc += 1;
                             self.recycle(frame);
+                            skipping = more;
                         }
                     }
                 }
