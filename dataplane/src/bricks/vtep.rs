@@ -1088,7 +1088,12 @@ impl Vtep {
         }
         let zero6 = self.cfg.udp6_zero_checksum_tx;
         let h = p.prepend(oh).map_err(|_| EncapDrop::Headroom)?;
-        h.copy_from_slice(&self.tmpl[..oh]);
+        // Constant lengths, so the copy is inlined rather than a call to memmove.
+        if oh == vxlan::OVERHEAD_V4 {
+            h[..vxlan::OVERHEAD_V4].copy_from_slice(&self.tmpl[..vxlan::OVERHEAD_V4]);
+        } else {
+            h[..vxlan::OVERHEAD_V6].copy_from_slice(&self.tmpl[..vxlan::OVERHEAD_V6]);
+        }
         h[0..6].copy_from_slice(&dst_mac);
         let sport = vxlan::source_port(hash);
         let udp_len = (inner + 16) as u16;
