@@ -87,7 +87,9 @@ poweroff -f
 "#;
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed: {st}");
     }
@@ -95,7 +97,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}\n{}",
@@ -113,7 +117,9 @@ fn kernel_package() -> Result<String> {
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
         .map(str::to_string)
-        .context("apt-cache depends linux-image-amd64 names no linux-image-*-amd64 (run apt-get update)")
+        .context(
+            "apt-cache depends linux-image-amd64 names no linux-image-*-amd64 (run apt-get update)",
+        )
 }
 
 /// Extracts the ELF vmlinux from a bzImage whose payload is xz-compressed.
@@ -205,9 +211,11 @@ pub fn build(target_dir: &Path, force: bool) -> Result<GuestImage> {
     // The .deb is kept (70 MB download) until the package name changes.
     let debs = dir.join("deb");
     std::fs::create_dir_all(&debs)?;
-    let cached = std::fs::read_dir(&debs)?
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with(&format!("{pkg}_")));
+    let cached = std::fs::read_dir(&debs)?.flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{pkg}_"))
+    });
     if !cached {
         eprintln!("guest: downloading {pkg}");
         for e in std::fs::read_dir(&debs)?.flatten() {
@@ -255,13 +263,11 @@ pub fn build(target_dir: &Path, force: bool) -> Result<GuestImage> {
     run(Command::new("chmod").arg("755").arg(&init))?;
     std::fs::create_dir_all(&dir)?;
     let tmp_initrd = dir.join("initrd.gz.tmp");
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -9 > '{}'",
-            initrd_root.display(),
-            tmp_initrd.display()
-        )))
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -9 > '{}'",
+        initrd_root.display(),
+        tmp_initrd.display()
+    )))
     .context("cpio/gzip (apt cpio)")?;
     std::fs::rename(&tmp_initrd, &image.initrd)?;
 
