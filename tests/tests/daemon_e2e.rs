@@ -273,7 +273,10 @@ impl Lab {
         vm.ns.run_ok(&[
             "ip", "link", "set", &vm.id, "address", &vm.mac, "mtu", "1400", "up",
         ]);
-        vm.ns.addr(&vm.id, &format!("{}/24", vm.ip));
+        if !vm.ip.contains(':') {
+            // IPv6 VMs get their address from their test, after enabling IPv6.
+            vm.ns.addr(&vm.id, &format!("{}/24", vm.ip));
+        }
     }
 
     /// The security group `web` on both hosts: ICMP and TCP/5000 in from anywhere.
@@ -541,4 +544,48 @@ fn packet_trace_file_grows_and_tshark_reads_it() {
     let size3 = std::fs::metadata(&trace).unwrap().len();
     assert!(lab.vms[a].ping("10.0.42.2", 2), "pings with the trace off");
     assert_eq!(std::fs::metadata(&trace).unwrap().len(), size3);
+}
+
+#[test]
+fn ipv6_guests_across_hosts_with_bypass_filtering() {
+    let mut lab = Lab::new("6");
+    // No security group at all: with filtering, inbound would be denied; bypass skips
+    // firewall and antispoof.
+    let a = lab.vm(0, 42, "fd00:42::1", &["--bypass-filtering"]);
+    let b = lab.vm(1, 42, "fd00:42::2", &["--bypass-filtering"]);
+    for i in [a, b] {
+        let vm = &lab.vms[i];
+        // The VM namespaces start with IPv6 off; this test wants it (without DAD delay).
+        for key in ["all", "default", &vm.id] {
+            vm.ns.sysctl(&format!("net.ipv6.conf.{key}.disable_ipv6=0"));
+        }
+        vm.ns.run_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", vm.ip),
+            "dev",
+            &vm.id,
+            "nodad",
+        ]);
+    }
+    let dot = lab.hosts[0].cli(&["status"]);
+    let id_a = lab.vms[a].id.clone();
+    assert!(
+        !dot.contains(&format!("firewall-{id_a}")) && !dot.contains(&format!("antispoof-{id_a}")),
+        "bypass_filtering left filtering bricks: {dot}"
+    );
+    assert!(
+        dot.contains(&format!("\"vm-{id_a}\" -> \"vtep\"")),
+        "vm-{id_a} not linked straight to the VTEP: {dot}"
+    );
+    assert!(
+        lab.vms[a].reach("fd00:42::2"),
+        "ping fd00:42::1 → fd00:42::2"
+    );
+    assert!(
+        lab.vms[b].ping("fd00:42::1", 3),
+        "ping fd00:42::2 → fd00:42::1"
+    );
 }
