@@ -129,9 +129,37 @@ impl GraphDataplane {
         let zerocopy = xsk.is_zerocopy();
         let vtep = Vtep::new(pool.clone(), VtepConfig::new(settings.vtep_ip, mac))
             .map_err(|e| failed("VTEP", e))?;
+        let dp = GraphDataplane::assemble(
+            settings,
+            pool,
+            Box::new(Nic::new(xsk)),
+            vtep,
+            Some(steering),
+            attached,
+            zerocopy,
+        )?;
+        tracing::info!(
+            nic = %dp.settings.nic,
+            mode = attached.as_str(),
+            zerocopy,
+            "AF_XDP dataplane started"
+        );
+        Ok(dp)
+    }
+
+    /// The graph `underlay ─ vtep` on a new worker.
+    fn assemble(
+        settings: GraphSettings,
+        pool: Pool,
+        underlay: Box<dyn Brick>,
+        vtep: Vtep,
+        steering: Option<Arc<Mutex<Steering>>>,
+        attached: AttachedMode,
+        zerocopy: bool,
+    ) -> Result<GraphDataplane, DataplaneError> {
         let mut g = Graph::new("butterfly");
         let setup = (|| {
-            g.add(UNDERLAY, Nic::new(xsk))?;
+            g.add_boxed(UNDERLAY, underlay)?;
             g.add(VTEP, vtep)?;
             g.link(VTEP, UNDERLAY).map(|_| ())
         })();
@@ -145,7 +173,6 @@ impl GraphDataplane {
             },
         )
         .map_err(|e| failed("worker", e))?;
-        tracing::info!(nic = %settings.nic, mode = attached.as_str(), zerocopy, "AF_XDP dataplane started");
         let mut topo = Topology::default();
         topo.parts.insert(UNDERLAY.into(), Part::Underlay);
         topo.parts.insert(VTEP.into(), Part::Vtep);
@@ -154,7 +181,7 @@ impl GraphDataplane {
             settings,
             pool,
             worker: Mutex::new(Some(worker)),
-            steering: Mutex::new(Some(steering)),
+            steering: Mutex::new(steering),
             state: Mutex::new(State {
                 topo,
                 flood: BTreeMap::new(),
@@ -468,5 +495,235 @@ impl Dataplane for GraphDataplane {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         tracing::info!("dataplane stopped: XDP detached, sockets closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Context, NicSpec, NicUpdate, Request, RuleSpec};
+    use packetgraph::bricks::Collect;
+    use std::path::PathBuf;
+
+    /// A dataplane whose underlay is a `Collect` sink (no XDP, no privileges).
+    fn dataplane() -> GraphDataplane {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 1024,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let vtep = Vtep::new(pool.clone(), VtepConfig::new(ip, [2, 0, 0, 0, 0, 1])).unwrap();
+        GraphDataplane::assemble(
+            GraphSettings {
+                nic: "test0".into(),
+                vtep_ip: ip,
+                xdp_mode: XdpMode::Auto,
+                worker_cpu: None,
+                frames: 1024,
+            },
+            pool,
+            Box::new(Collect::new()),
+            vtep,
+            None,
+            AttachedMode::Generic,
+            false,
+        )
+        .unwrap()
+    }
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "bf-graph-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn ctx(d: &std::path::Path) -> Context {
+        Context {
+            vtep_ip: "192.0.2.1".parse().unwrap(),
+            vhost_socket_dir: d.join("vhost"),
+            trace_dir: d.to_path_buf(),
+        }
+    }
+
+    fn add(id: &str, vni: u32, n: u8, ip: &str) -> Request {
+        Request::NicAdd(NicSpec {
+            id: id.into(),
+            mac: format!("52:54:00:00:00:{n:02x}"),
+            vni,
+            ips: vec![ip.into()],
+            security_groups: vec!["web".into()],
+            ..NicSpec::default()
+        })
+    }
+
+    fn apply(dp: &GraphDataplane, c: &Config, d: &std::path::Path, reqs: &[Request]) -> Config {
+        let out = c.apply_all(reqs, false, &ctx(d)).unwrap();
+        dp.apply(&out.changes, &out.config).unwrap();
+        out.config
+    }
+
+    fn names(dp: &GraphDataplane) -> Vec<String> {
+        let mut v = dp
+            .exec(|g: &mut Graph| g.names().map(String::from).collect::<Vec<_>>())
+            .unwrap();
+        v.sort();
+        v
+    }
+
+    fn web() -> Vec<Request> {
+        vec![
+            Request::SgAdd { id: "web".into() },
+            Request::SgRuleAdd {
+                sg: "web".into(),
+                rule: RuleSpec {
+                    id: None,
+                    direction: crate::model::Direction::In,
+                    protocol: "icmp".into(),
+                    port_start: None,
+                    port_end: None,
+                    cidr: Some("0.0.0.0/0".into()),
+                    sg_members: None,
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn builds_the_chains_inserts_and_removes_the_switch() {
+        let dp = dataplane();
+        let d = dir();
+        let c = apply(&dp, &Config::default(), &d, &web());
+        let c = apply(&dp, &c, &d, &[add("a", 42, 1, "10.0.0.1")]);
+        assert_eq!(
+            names(&dp),
+            ["antispoof-a", "firewall-a", "underlay", "vm-a", "vtep"]
+        );
+        assert!(d.join("vhost/a.sock").exists(), "vhost-user socket of a");
+        let c = apply(&dp, &c, &d, &[add("b", 42, 2, "10.0.0.2")]);
+        assert!(names(&dp).contains(&"switch-42".to_string()));
+        let dot = dp.graph_dot();
+        assert!(dot.contains("\"switch-42\" -> \"vtep\""), "{dot}");
+        let vni_edges = dp
+            .exec(|g: &mut Graph| {
+                let v = g.get::<Vtep>(VTEP).unwrap();
+                (v.edge_of_vni(42), v.groups().to_vec())
+            })
+            .unwrap();
+        assert!(vni_edges.0.is_some(), "VNI 42 has a VTEP edge");
+        assert_eq!(
+            vni_edges.1.iter().map(|g| g.0).collect::<Vec<_>>(),
+            ["230.0.0.42".parse::<IpAddr>().unwrap()],
+            "VNI 42 floods to its multicast group"
+        );
+        // Firewall settings reached the brick.
+        let groups = dp
+            .exec(|g: &mut Graph| {
+                g.get::<Firewall>("firewall-b")
+                    .unwrap()
+                    .nic_groups()
+                    .to_vec()
+            })
+            .unwrap();
+        assert_eq!(groups, ["web"]);
+        let c = apply(&dp, &c, &d, &[Request::NicDel { id: "b".into() }]);
+        assert_eq!(
+            names(&dp),
+            ["antispoof-a", "firewall-a", "underlay", "vm-a", "vtep"]
+        );
+        assert!(dp.graph_dot().contains("\"firewall-a\" -> \"vtep\""));
+        // A static flood list replaces the multicast group.
+        apply(
+            &dp,
+            &c,
+            &d,
+            &[Request::FloodAdd {
+                vni: 42,
+                vtep: "192.0.2.7".into(),
+            }],
+        );
+        let groups = dp
+            .exec(|g: &mut Graph| g.get::<Vtep>(VTEP).unwrap().groups().len())
+            .unwrap();
+        assert_eq!(groups, 0, "group left when the flood list took over");
+        let st = dp.nic_stats("a").unwrap();
+        assert_eq!(st, NicCounters::default());
+        assert!(matches!(
+            dp.nic_stats("zz"),
+            Err(DataplaneError::Unavailable(_))
+        ));
+        dp.shutdown();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bypass_and_trace_rebuild_the_chain_and_keep_the_vm_end() {
+        let dp = dataplane();
+        let d = dir();
+        let c = apply(&dp, &Config::default(), &d, &web());
+        let c = apply(&dp, &c, &d, &[add("a", 42, 1, "10.0.0.1")]);
+        apply(
+            &dp,
+            &c,
+            &d,
+            &[Request::NicUpdate(NicUpdate {
+                id: "a".into(),
+                bypass_filtering: Some(true),
+                packet_trace: Some(true),
+                ..NicUpdate::default()
+            })],
+        );
+        assert_eq!(names(&dp), ["sniffer-a", "underlay", "vm-a", "vtep"]);
+        assert!(d.join("a.pcap").exists(), "trace file created");
+        dp.shutdown();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_brick_that_cannot_be_created_changes_nothing() {
+        let dp = dataplane();
+        let d = dir();
+        let c = apply(&dp, &Config::default(), &d, &web());
+        let before = dp.graph_dot();
+        let bad = Request::NicAdd(NicSpec {
+            id: "a".into(),
+            mac: "52:54:00:00:00:01".into(),
+            vni: 42,
+            socket_path: Some("/proc/no-such-dir/a.sock".into()),
+            ..NicSpec::default()
+        });
+        let out = c.apply_all(&[bad], false, &ctx(&d)).unwrap();
+        let err = dp.apply(&out.changes, &out.config).unwrap_err();
+        assert!(
+            matches!(&err, DataplaneError::Refused { field, .. } if field == "socket_path"),
+            "{err}"
+        );
+        assert_eq!(dp.graph_dot(), before, "graph untouched");
+        // The dataplane still takes the next change.
+        apply(&dp, &c, &d, &[add("b", 42, 2, "10.0.0.2")]);
+        assert!(names(&dp).contains(&"vm-b".to_string()));
+        dp.shutdown();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn describe_names_the_interface_and_mode() {
+        let dp = dataplane();
+        assert_eq!(
+            dp.describe(),
+            "AF_XDP on test0 (generic, copy mode), 1 worker"
+        );
+        dp.shutdown();
+        assert!(matches!(
+            dp.nic_stats("a"),
+            Err(DataplaneError::Unavailable(_))
+        ));
     }
 }
