@@ -420,6 +420,37 @@ fn security_groups_allow_icmp_and_tcp_5000_block_6000_and_spoofing() {
         "TCP/6000 after the rule was added"
     );
 
+    // A rule whose remote is the members of another group: TCP/7000 from `friends`,
+    // blocked while a is not a member, allowed once it is.
+    let _s7000 = lab.vms[b].ns.spawn(&[
+        "socat",
+        "TCP-LISTEN:7000,reuseaddr,fork",
+        "SYSTEM:echo port7000",
+    ]);
+    lab.hosts[1].cli(&["sg", "add", "friends"]);
+    lab.hosts[1].cli(&[
+        "sg",
+        "rule",
+        "add",
+        "web",
+        "--dir",
+        "in",
+        "--ip-proto",
+        "tcp",
+        "--port",
+        "7000",
+        "--sg-members",
+        "friends",
+    ]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        connect(7000),
+        "",
+        "TCP/7000 before a is a member of friends"
+    );
+    lab.hosts[1].cli(&["sg", "member", "add", "friends", "10.0.42.1"]);
+    assert_eq!(connect(7000), "port7000", "TCP/7000 once a is a member");
+
     // Spoofed source: a second address on a's interface that is not the NIC's IP.
     let id_a = lab.vms[a].id.clone();
     lab.vms[a].ns.addr(&id_a, "10.0.42.99/24");
