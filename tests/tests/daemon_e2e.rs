@@ -532,6 +532,18 @@ fn nic_del_readd_and_daemon_kill9_restart_recover_traffic() {
     );
     assert!(lab.vms[b].ping("10.0.42.1", 3), "b → a after the restart");
 
+    // dump / load round trip on the live daemon: replaying the dump with --replace
+    // changes nothing and traffic still flows.
+    let file = lab.hosts[1].dir.join("dump.json");
+    std::fs::write(&file, lab.hosts[1].cli(&["dump"])).unwrap();
+    lab.hosts[1].cli(&["request", "--replace", file.to_str().unwrap()]);
+    assert_eq!(
+        lab.hosts[1].cli(&["dump"]),
+        dump,
+        "configuration after load"
+    );
+    assert!(lab.vms[a].ping("10.0.42.2", 3), "a → b after dump/load");
+
     // SIGTERM detaches XDP: no program left on the underlay.
     let pid = lab.hosts[1].daemon.as_ref().unwrap().id().to_string();
     butterfly_tests::run_ok(&["kill", "-TERM", &pid]);
