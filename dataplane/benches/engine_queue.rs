@@ -1,9 +1,11 @@
-//! `cargo xtask bench engine`: throughput of a queue pair between two workers.
+//! `cargo xtask bench engine`: throughput of a queue pair between two threads.
 //!
-//! Worker 1 (CPU 0): `packetgen → queue-a`; worker 2 (CPU 1): `queue-b → sink`, 64-byte
-//! frames, busy polling. Baseline measured in the same run: `packetgen → nop → sink` on
-//! one thread. Prints
-//! `RESULT engine.queue_2workers: X Mpps (ratio R vs nop)`.
+//! Consumer worker (CPU 1): `queue-b → sink`, busy polling; producer (CPU 0):
+//! `packetgen → queue-a`, 64-byte frames, either unthrottled (the ring overflows and the
+//! oldest packets are dropped: what crosses is what the consumer keeps up with) or
+//! backing off while the consumer's `pressure()` is above 128 (no drop). Baseline
+//! measured in the same run: `packetgen → nop → sink` on one thread. Prints
+//! `RESULT engine.queue_backpressure: X Mpps (ratio R vs nop)` and the overload figures.
 
 use std::time::{Duration, Instant};
 
@@ -37,10 +39,11 @@ fn baseline() -> f64 {
     PACKETS as f64 / dt.as_secs_f64() / 1e6
 }
 
-fn two_workers() -> (f64, u64) {
+/// Both graphs polled in turn on one thread: the cost of the queue hop itself.
+fn same_thread() -> f64 {
     let (qa, qb) = Queue::pair(4096).unwrap();
     let mut g1 = Graph::new("producer");
-    g1.add("gen", PacketGen::new(pool(), vec![vec![0u8; 64]], 0))
+    g1.add("gen", PacketGen::new(pool(), vec![vec![0u8; 64]], PACKETS))
         .unwrap();
     g1.add("queue-a", qa).unwrap();
     g1.link("gen", "queue-a").unwrap();
@@ -48,50 +51,97 @@ fn two_workers() -> (f64, u64) {
     g2.add("queue-b", qb).unwrap();
     g2.add("sink", Collect::new()).unwrap();
     g2.link("queue-b", "sink").unwrap();
-    let cfg = |name: &str, cpu| WorkerConfig {
-        name: name.into(),
-        cpu: Some(cpu),
-        max_idle_sleep: Duration::ZERO,
-        ..Default::default()
-    };
-    let w2 = Worker::spawn(g2, cfg("bench-consumer", 1)).unwrap();
-    let w1 = Worker::spawn(g1, cfg("bench-producer", 0)).unwrap();
     let t = Instant::now();
-    w1.exec(|g| g.get_mut::<PacketGen>("gen").unwrap().add_count(PACKETS))
+    while g1.poll().unwrap() > 0 {
+        g2.poll().unwrap();
+    }
+    while g2.poll().unwrap() > 0 {}
+    let dt = t.elapsed();
+    assert_eq!(
+        g2.get::<Collect>("sink").unwrap().packets(Side::West),
+        PACKETS
+    );
+    PACKETS as f64 / dt.as_secs_f64() / 1e6
+}
+
+fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// Returns (delivered Mpps, packets dropped as oldest).
+fn two_threads(backpressure: bool) -> (f64, u64) {
+    let (qa, qb) = Queue::pair(4096).unwrap();
+    let mut g1 = Graph::new("producer");
+    g1.add("gen", PacketGen::new(pool(), vec![vec![0u8; 64]], PACKETS))
         .unwrap();
-    // Done when the producer has generated everything and the ring is drained.
+    g1.add("queue-a", qa).unwrap();
+    g1.link("gen", "queue-a").unwrap();
+    let mut g2 = Graph::new("consumer");
+    g2.add("queue-b", qb).unwrap();
+    g2.add("sink", Collect::new()).unwrap();
+    g2.link("queue-b", "sink").unwrap();
+    let consumer = Worker::spawn(
+        g2,
+        WorkerConfig {
+            name: "bench-consumer".into(),
+            cpu: Some(1),
+            max_idle_sleep: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    pin(0);
+    let t = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(2));
-        let (generated, pressure) = w1
-            .exec(|g| {
-                let gen_done = g.get::<PacketGen>("gen").unwrap().generated();
-                let q = g.get::<Queue>("queue-a").unwrap();
-                (gen_done, q.friend_pressure())
-            })
-            .unwrap();
-        if generated == PACKETS && pressure == 0 {
+        let q = g1.get::<Queue>("queue-a").unwrap();
+        if backpressure && q.friend_pressure() > 128 {
+            std::hint::spin_loop();
+            continue;
+        }
+        if g1.poll().unwrap() == 0 {
             break;
         }
     }
-    let g2 = w2.stop().unwrap();
+    // Wait for the consumer to drain the ring.
+    while g1.get::<Queue>("queue-a").unwrap().friend_pressure() > 0 {
+        std::hint::spin_loop();
+    }
     let dt = t.elapsed();
-    let g1 = w1.stop().unwrap();
+    let g2 = consumer.stop().unwrap();
     let received = g2.get::<Collect>("sink").unwrap().packets(Side::West);
     let dropped = g1.get::<Queue>("queue-a").unwrap().drop_oldest();
+    assert_eq!(received + dropped, PACKETS);
     (received as f64 / dt.as_secs_f64() / 1e6, dropped)
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let base = baseline();
-    let (q, dropped) = two_workers();
+    let same = same_thread();
+    let (bp, bp_dropped) = two_threads(true);
+    let (over, over_dropped) = two_threads(false);
     println!("RESULT engine.queue_baseline_nop: {base:.1} Mpps (ratio 1.00 vs nop)");
     println!(
-        "RESULT engine.queue_2workers: {q:.1} Mpps (ratio {:.2} vs nop)",
-        q / base
+        "RESULT engine.queue_same_thread: {same:.1} Mpps (ratio {:.2} vs nop)",
+        same / base
     );
     println!(
-        "RESULT engine.queue_2workers_drop_oldest: {dropped} packets (ratio {:.4} vs sent)",
-        dropped as f64 / PACKETS as f64
+        "RESULT engine.queue_backpressure: {bp:.1} Mpps (ratio {:.2} vs nop)",
+        bp / base
+    );
+    println!(
+        "RESULT engine.queue_backpressure_dropped: {bp_dropped} packets (ratio {:.4} vs sent)",
+        bp_dropped as f64 / PACKETS as f64
+    );
+    println!(
+        "RESULT engine.queue_overload_delivered: {over:.1} Mpps (ratio {:.2} vs nop)",
+        over / base
+    );
+    println!(
+        "RESULT engine.queue_overload_drop_oldest: {over_dropped} packets (ratio {:.4} vs sent)",
+        over_dropped as f64 / PACKETS as f64
     );
 }

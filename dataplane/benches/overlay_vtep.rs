@@ -11,22 +11,26 @@
 //! - `overlay.vtep_encap_v6`: the same over IPv6 (with the UDP checksum).
 //! - `overlay.vtep_decap`: VXLAN/IPv4 frames (zero UDP checksum, as Linux sends them),
 //!   four inner source MACs, checked, learned and decapsulated.
-//! - `overlay.chain`: encapsulation, then the underlay, then decapsulation by a second VTEP
-//!   (`packetgen → switch → vtep A → underlay → vtep B → collect` when the switch brick
-//!   exists; see `chain_graph`).
+//! - `overlay.chain`: encap → switch → decap: `packetgen → vtep A → switch → vtep B →
+//!   collect`, the switch being the underlay segment between two VTEPs.
+//!
+//! The measured loop must make no heap allocation (a counting global allocator checks
+//! it): the hot path allocates nothing.
 //!
 //! Rates are packets per second of the graph thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`),
 //! i.e. Mpps per core, so that other load on a shared machine does not skew them.
 //!
 //! Prints `RESULT <name>: <X> Mpps (ratio <R> vs nop)` lines.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
 use packetgraph::bricks::vtep::{Flood, Vtep, VtepConfig};
-use packetgraph::bricks::{Collect, Nop, PacketGen};
-use packetgraph::{Brick, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side};
+use packetgraph::bricks::{Collect, Nop, PacketGen, Switch};
+use packetgraph::{Graph, Pool, PoolConfig, Side};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -79,28 +83,31 @@ fn vtep(pool: &Pool, our: &str, mac: [u8; 6], peer: &str, peer_mac: [u8; 6]) -> 
     v
 }
 
-/// Joins its two WEST edges: what arrives on one leaves on the other (the underlay
-/// between two VTEPs in the chain figure).
-struct Underlay;
+/// Counts heap allocations, to check that the measured loop (the hot path) makes none.
+struct Counting;
 
-impl Brick for Underlay {
-    fn kind(&self) -> &'static str {
-        "underlay"
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
     }
-    fn poles(&self) -> Poles {
-        Poles::Multipole { west: 2, east: 0 }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
     }
-    fn burst(
-        &mut self,
-        _from: Side,
-        edge: usize,
-        pkts: Burst,
-        out: &mut Emit,
-    ) -> Result<(), packetgraph::BrickError> {
-        out.send(Side::West, 1 - edge, pkts);
-        Ok(())
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
     }
 }
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// CPU time consumed by this thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`). The figures
 /// are packets per second of CPU time of the one thread that runs the graph: on a
@@ -127,6 +134,7 @@ fn measure(g: &mut Graph, side: Side) -> f64 {
         }
     }
     let c0 = count(g);
+    let a0 = ALLOCS.load(Ordering::Relaxed);
     let t = thread_cpu();
     let mut el;
     loop {
@@ -138,7 +146,14 @@ fn measure(g: &mut Graph, side: Side) -> f64 {
             break;
         }
     }
+    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
     assert_eq!(g.empty_bursts(), 0);
+    assert_eq!(
+        allocs,
+        0,
+        "{}: {allocs} heap allocations in the measured loop",
+        g.name()
+    );
     (count(g) - c0) as f64 / el / 1e6
 }
 
@@ -191,7 +206,9 @@ fn decap_graph(pool: &Pool) -> Graph {
     g
 }
 
-/// `gen → vtep A (encap) → underlay → vtep B (decap) → sink`.
+/// `gen → vtep A (encap) → switch → vtep B (decap) → sink`: the switch is the L2
+/// segment of the underlay between the two VTEPs (both VTEPs' EAST sides are switch
+/// ports; vtep B's MAC is a static entry, as it would be learned from its own traffic).
 fn chain_graph(pool: &Pool) -> Graph {
     let mut g = Graph::new("chain");
     let frames = (0..16).map(|i| inner(VM2, VM1, 1000 + i)).collect();
@@ -201,12 +218,16 @@ fn chain_graph(pool: &Pool) -> Graph {
         .expect("add");
     g.add("b", vtep(pool, "10.0.0.2", MAC_B, "10.0.0.1", MAC_A))
         .expect("add");
-    g.add("underlay", Underlay).expect("add");
+    g.add("switch", Switch::new()).expect("add");
     g.add("sink", Collect::new()).expect("add");
     g.link("gen", "a").expect("link");
-    g.link("a", "underlay").expect("link");
-    g.link("b", "underlay").expect("link");
+    g.link("a", "switch").expect("link");
+    let (_, b_port) = g.link("b", "switch").expect("link");
     g.link("sink", "b").expect("link");
+    g.get_mut::<Switch>("switch")
+        .expect("switch")
+        .add_static(MAC_B, Side::West, b_port)
+        .expect("static");
     let a = g.get_mut::<Vtep>("a").expect("a");
     a.add_vni(0, VNI, Flood::None).expect("vni");
     a.add_static(VNI, VM2, ip("10.0.0.2")).expect("static");

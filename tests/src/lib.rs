@@ -10,6 +10,6 @@ pub mod tshark;
 
 pub use netns::{
     IFNAME_MAX, KillOnDrop, Netns, NetnsGuard, Veth, link_up, move_to_netns, require_root,
-    require_tool, run, run_ok, set_addr, unique_ifname, veth_pair,
+    require_tool, run, run_ok, set_addr, unique_ifname, veth_pair, wait_for,
 };
 pub use tmp::TempDir;

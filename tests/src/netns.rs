@@ -99,6 +99,18 @@ pub fn unique_ifname(prefix: &str) -> String {
     format!("{p}{}", next_suffix())
 }
 
+/// Polls `cond` every 20 ms until it holds.
+///
+/// # Panics
+/// "timed out waiting for WHAT" when `timeout` passes first.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Runs `args[0]` with the rest as arguments and returns its output.
 ///
 /// # Panics
@@ -152,6 +164,37 @@ impl KillOnDrop {
             .expect("child present until waited for")
             .wait_with_output()
             .expect("cannot wait for the child process")
+    }
+
+    /// Sends SIGINT (tcpdump and dumpcap then close their capture file and exit), waits
+    /// and returns the output.
+    ///
+    /// # Panics
+    /// When waiting fails.
+    pub fn interrupt_and_wait(mut self) -> Output {
+        let c = self.0.take().expect("child present until waited for");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        c.wait_with_output()
+            .expect("cannot wait for the child process")
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (a capture tool started
+    /// with `-c N`), then interrupts it; returns its output.
+    ///
+    /// # Panics
+    /// When waiting fails.
+    pub fn wait_or_interrupt(mut self, timeout: std::time::Duration) -> Output {
+        let t = std::time::Instant::now();
+        while t.elapsed() < timeout {
+            if self.child().try_wait().ok().flatten().is_some() {
+                return self.wait_output();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.interrupt_and_wait()
     }
 
     /// The process id.

@@ -382,20 +382,12 @@ fn wait_listening(child: &mut butterfly_tests::KillOnDrop, what: &str, ready: &s
 }
 
 /// Waits up to 5 s for a capture tool started with `-c N` to exit by itself, then
-/// interrupts it (SIGINT makes tcpdump and tshark close their file properly).
-fn stop(mut child: butterfly_tests::KillOnDrop) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while child.child().try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if child.child().try_wait().unwrap().is_none() {
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    }
-    let out = child.wait_output();
+/// interrupts it (SIGINT makes tcpdump and dumpcap close their file properly).
+fn stop(child: butterfly_tests::KillOnDrop) {
+    let out = child.wait_or_interrupt(Duration::from_secs(5));
     assert!(
         out.status.success(),
-        "capture tool failed on SIGINT: {:?}",
+        "capture tool failed: {:?}",
         out.status
     );
 }

@@ -5,8 +5,11 @@
 //! `vm_side`). VM has 10.50.0.10/24 and fd50::10/64; NET has 10.50.0.1, .2 and .3 and
 //! fd50::1, fd50::2, so tests pick the source address of each connection with `bind=` /
 //! `ping -I`. Traffic is real: `socat` echo servers and clients (TCP and UDP, IPv4 and
-//! IPv6), `ping`, and a DHCP discover sent with scapy. A check "passes" when the echo
-//! comes back; a blocked check waits for a 1 s timeout.
+//! IPv6), `ping` (also with 3000-byte payloads, so fragments cross), a UDP datagram to a
+//! closed port (the ICMP port unreachable must come back), and DHCP discovers sent from
+//! 0.0.0.0 with scapy. A check "passes" when the echo comes back; a blocked check waits
+//! for a 1 s timeout. The firewall's counters are checked too (drops by reason, revoked
+//! flows, fragments, related ICMP errors).
 //!
 //! Rules are changed while the graph runs, through `Worker::exec`, as the daemon does.
 
@@ -553,32 +556,89 @@ fn firewall_outbound_rules_restrict_the_vm() {
     );
 }
 
-const DHCP_DISCOVER: &str = r#"
+/// A scapy process that sends a DHCP discover (0.0.0.0:68 → 255.255.255.255:PORT) for
+/// each PORT line it reads, and answers "sent" (one process: scapy starts slowly).
+const DHCP_SENDER: &str = r#"
 import sys
 from scapy.all import Ether, IP, UDP, BOOTP, DHCP, sendp
 iface = sys.argv[1]
-p = (Ether(src="02:00:00:00:00:10", dst="ff:ff:ff:ff:ff:ff")
-     / IP(src="0.0.0.0", dst="255.255.255.255")
-     / UDP(sport=68, dport=int(sys.argv[2]))
-     / BOOTP(chaddr=bytes.fromhex("020000000010"), xid=0x4242)
-     / DHCP(options=[("message-type", "discover"), "end"]))
-sendp(p, iface=iface, verbose=False)
+print("ready", flush=True)
+for line in sys.stdin:
+    p = (Ether(src="02:00:00:00:00:10", dst="ff:ff:ff:ff:ff:ff")
+         / IP(src="0.0.0.0", dst="255.255.255.255")
+         / UDP(sport=68, dport=int(line))
+         / BOOTP(chaddr=bytes.fromhex("020000000010"), xid=0x4242)
+         / DHCP(options=[("message-type", "discover"), "end"]))
+    sendp(p, iface=iface, verbose=False)
+    print("sent", flush=True)
 "#;
 
-/// Sends a DHCP discover (0.0.0.0:68 → 255.255.255.255:`port`) from the VM namespace.
-fn send_dhcp_discover(lab: &Lab, port: u16) {
-    let out = lab.vm.run(&[
-        "/usr/bin/python3",
-        "-c",
-        DHCP_DISCOVER,
-        &lab.tap_vm,
-        &port.to_string(),
-    ]);
-    assert!(
-        out.status.success(),
-        "scapy failed (python3-scapy not installed? run cargo xtask deps): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The scapy DHCP sender running in the VM namespace.
+struct DhcpSender {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+}
+
+impl DhcpSender {
+    fn start(lab: &Lab) -> DhcpSender {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.vm.name(),
+                "/usr/bin/python3",
+                "-c",
+                DHCP_SENDER,
+                &lab.tap_vm,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = DhcpSender {
+            child,
+            stdin,
+            lines,
+        };
+        s.expect("ready");
+        s
+    }
+
+    fn expect(&mut self, what: &str) {
+        let got = self.lines.recv_timeout(Duration::from_secs(30));
+        assert_eq!(
+            got.as_deref(),
+            Ok(what),
+            "scapy failed (python3-scapy not installed? run cargo xtask deps)"
+        );
+    }
+
+    /// Sends one discover to `port` and waits until it left.
+    fn send(&mut self, port: u16) {
+        writeln!(self.stdin, "{port}").unwrap();
+        self.stdin.flush().unwrap();
+        self.expect("sent");
+    }
+}
+
+impl Drop for DhcpSender {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Listens for one UDP datagram on `port` in `ns` (socat exits after one datagram).
@@ -606,9 +666,9 @@ fn listen_udp_once(ns: &Netns, port: u16) -> KillOnDrop {
 
 /// Sends a DHCP discover to `port` from the VM and returns what the listener on the
 /// network side received (it is given 500 ms after the frame left the VM).
-fn discover_reaches_network(lab: &Lab, port: u16) -> Vec<u8> {
+fn discover_reaches_network(lab: &Lab, sender: &mut DhcpSender, port: u16) -> Vec<u8> {
     let mut l = listen_udp_once(&lab.net, port);
-    send_dhcp_discover(lab, port);
+    sender.send(port);
     std::thread::sleep(Duration::from_millis(500));
     let _ = l.child().kill();
     l.wait_output().stdout
@@ -616,16 +676,10 @@ fn discover_reaches_network(lab: &Lab, port: u16) -> Vec<u8> {
 
 #[test]
 fn firewall_allows_dhcp_by_default() {
-    let scapy = Command::new("/usr/bin/python3")
-        .args(["-c", "import scapy"])
-        .status();
-    assert!(
-        scapy.is_ok_and(|s| s.success()),
-        "python3-scapy not installed: run cargo xtask deps"
-    );
     let lab = Lab::new(|_| {});
+    let mut sender = DhcpSender::start(&lab);
     // A DHCP discover from 0.0.0.0:68 reaches the network.
-    let got = discover_reaches_network(&lab, 67);
+    let got = discover_reaches_network(&lab, &mut sender, 67);
     assert!(
         got.windows(4).any(|w| w == [0x63, 0x82, 0x53, 0x63]),
         "the DHCP discover (magic cookie) must arrive: got {} bytes; {:?}",
@@ -633,7 +687,7 @@ fn firewall_allows_dhcp_by_default() {
         lab.counters()
     );
     // The same from 0.0.0.0 to another port is not DHCP: denied.
-    let got = discover_reaches_network(&lab, 6767);
+    let got = discover_reaches_network(&lab, &mut sender, 6767);
     assert!(got.is_empty(), "0.0.0.0 → port 6767 must be denied");
     // Outbound rules replace the default, DHCP included.
     lab.fw(|fw| {
@@ -643,8 +697,59 @@ fn firewall_allows_dhcp_by_default() {
         )
     })
     .unwrap();
-    let got = discover_reaches_network(&lab, 67);
+    let got = discover_reaches_network(&lab, &mut sender, 67);
     assert!(got.is_empty(), "DHCP denied once outbound rules exist");
     let c = lab.counters();
     assert_eq!(c.passed_new, 1, "{c:?}");
+}
+
+#[test]
+fn firewall_passes_later_fragments_of_allowed_flows() {
+    let lab = Lab::new(|fw| {
+        fw.add_rule(
+            "sg-a",
+            Rule::inbound(Protocol::Icmp, None, cidr("10.50.0.2/32")),
+        )
+        .unwrap();
+    });
+    // 3000 bytes of ICMP over a 1500-byte MTU: the request and the reply each go as
+    // three fragments; only the first carries the ICMP header.
+    let big = |src: &str| {
+        lab.net
+            .run(&[
+                "ping", "-n", "-c", "1", "-W", "2", "-s", "3000", "-I", src, VM4,
+            ])
+            .status
+            .success()
+    };
+    assert!(big(NET2), "fragmented echo from an allowed source");
+    let c = lab.counters();
+    assert!(
+        c.passed_fragment >= 4,
+        "later fragments both ways passed through the fragment table: {c:?}"
+    );
+    assert!(!big(NET3), "fragmented echo from a denied source");
+    let d = lab.counters();
+    assert!(
+        d.drop_fragment_unknown >= c.drop_fragment_unknown + 2,
+        "its later fragments were dropped: {d:?}"
+    );
+}
+
+#[test]
+fn firewall_passes_icmp_errors_about_allowed_flows() {
+    let lab = Lab::new(|_| {});
+    // The VM sends a datagram to a closed UDP port of NET; NET's kernel answers with an
+    // ICMP port unreachable that quotes it: the firewall relates it to the VM's flow and
+    // lets it in, so the VM's socket reports the refusal.
+    let out = lab.vm.exec(&format!(
+        "echo x | socat -t 1 -T 2 - UDP4:{NET1}:9999,bind={VM4}"
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Connection refused"),
+        "the port unreachable reached the VM: {err}"
+    );
+    let c = lab.counters();
+    assert!(c.passed_related >= 1, "{c:?}");
 }

@@ -4,7 +4,7 @@
 //! fe80::78:1/64); namespace PEER holds TAP `peer` (10.78.0.2/24, fd78::2/64). The
 //! antispoof brick's outside is WEST (the switch), the VM is on EAST. Legitimate pings
 //! (IPv4 and IPv6, with the ARP / NDP that resolve them) must pass; frames the VM sends
-//! with a foreign source MAC or IP, spoofed ARP, spoofed NDP NA, RARP, or from a second
+//! with a foreign source MAC or IP, spoofed ARP, spoofed NDP NA and NS, RARP, or from a second
 //! address not in the VM's list must be dropped, counted by reason, and never reach the
 //! peer (a `tcpdump -Q in` capture on the peer's interface proves it, with a legitimate
 //! control frame that must be in that capture). Hand-made frames come from scapy.
@@ -294,6 +294,7 @@ fn spoofed_frames_are_dropped_counted_and_never_reach_the_peer() {
          Ether(src='{VM_MAC}', dst='ff:ff:ff:ff:ff:ff')/ARP(op=1, hwsrc='{OTHER_MAC}', psrc='{VM_IP}', pdst='{PEER_IP}'),\
          Ether(src='{VM_MAC}', dst='33:33:00:00:00:01')/IPv6(src='{VM6}', dst='ff02::1')/ICMPv6ND_NA(tgt='{PEER6}', R=0, S=0, O=1)/ICMPv6NDOptDstLLAddr(lladdr='{VM_MAC}'),\
          Ether(src='{VM_MAC}', dst='33:33:00:00:00:01')/IPv6(src='{VM6}', dst='ff02::1')/ICMPv6ND_NA(tgt='{VM6}', R=0, S=0, O=1)/ICMPv6NDOptDstLLAddr(lladdr='{OTHER_MAC}'),\
+         Ether(src='{VM_MAC}', dst='33:33:ff:00:00:02')/IPv6(src='{VM6}', dst='ff02::1:ff00:2')/ICMPv6ND_NS(tgt='{PEER6}')/ICMPv6NDOptSrcLLAddr(lladdr='{OTHER_MAC}'),\
          Ether(src='{VM_MAC}', dst='ff:ff:ff:ff:ff:ff', type=0x8035)/ARP(op=3, hwsrc='{VM_MAC}', hwdst='{VM_MAC}', psrc='0.0.0.0', pdst='0.0.0.0'),\
          Ether(src='{VM_MAC}', dst='{peer_mac}')/IPv6(src='fd78::99', dst='{PEER6}')/ICMPv6EchoRequest(id=0x7803),\
          Ether(src='{VM_MAC}', dst='{peer_mac}')/IP(src='{VM_IP}', dst='{PEER_IP}')/ICMP(id=0x7899)/b'legit-control'\
@@ -314,8 +315,8 @@ fn spoofed_frames_are_dropped_counted_and_never_reach_the_peer() {
     assert_eq!(d(|c| c.drop_arp), 2, "spoofed ARP (sender IP, sender MAC)");
     assert_eq!(
         d(|c| c.drop_ndp),
-        2,
-        "spoofed NA (target, target link-layer address)"
+        3,
+        "spoofed NA (target, target link-layer address), NS (source link-layer address)"
     );
     assert_eq!(d(|c| c.drop_rarp), 1, "RARP");
     assert_eq!(d(|c| c.drop_ipv6), 1, "spoofed source IPv6");
@@ -324,6 +325,10 @@ fn spoofed_frames_are_dropped_counted_and_never_reach_the_peer() {
     // What reached the peer: the control frame, and none of the spoofed ones.
     let mut control = 0;
     for f in &seen {
+        assert!(
+            !f.windows(6).any(|w| w == [0x02, 0, 0, 0x78, 0, 0x99]),
+            "a frame carrying the foreign MAC reached the peer: {f:02x?}"
+        );
         assert_ne!(
             &f[6..12],
             &[0x02, 0, 0, 0x78, 0, 0x99],

@@ -87,6 +87,10 @@ fn run_one(t: &Target, results: &mut Vec<String>) -> Result<()> {
     cmd.args(["bench", "-p", &t.package, "--bench", &t.name])
         .current_dir(util::workspace_root())
         .stdout(Stdio::piped());
+    if t.package == "butterfly-tests" && t.name.starts_with("dpdk") {
+        // The DPDK bench needs the feature (required-features).
+        cmd.args(["--features", "dpdk"]);
+    }
     let line = util::show(&cmd);
     println!("$ {line}");
     let mut child = cmd

@@ -6,6 +6,9 @@ use anyhow::{Result, bail};
 
 use crate::{deps, util};
 
+/// Features turned on for the test suite: the DPDK backend and its end-to-end tests.
+pub const DPDK_FEATURES: &str = "butterfly-tests/dpdk";
+
 /// Runs deps (unless `no_deps`), `cargo nextest run --workspace --no-fail-fast [extra]`
 /// and `cargo test --doc --workspace`. Both suites run even when the first fails.
 ///
@@ -29,10 +32,18 @@ pub fn run(no_deps: bool, extra: &[String]) -> Result<()> {
     println!("test: guest image for the QEMU tests (cargo xtask guest)");
     let img = crate::guest::build(&util::workspace_root().join("target"), false)?;
     println!("test: guest image ready: {}", img.kernel.display());
-    let mut args = vec!["nextest", "run", "--workspace", "--no-fail-fast"];
+    // The DPDK backend (feature `dpdk`, needs libdpdk-dev from deps) is built and tested.
+    let mut args = vec![
+        "nextest",
+        "run",
+        "--workspace",
+        "--no-fail-fast",
+        "--features",
+        DPDK_FEATURES,
+    ];
     args.extend(extra.iter().map(String::as_str));
     let unit = util::cargo(&args);
-    let doc = util::cargo(&["test", "--doc", "--workspace"]);
+    let doc = util::cargo(&["test", "--doc", "--workspace", "--features", DPDK_FEATURES]);
     match (unit, doc) {
         (Ok(()), Ok(())) => {
             println!("test: all tests passed");

@@ -644,9 +644,10 @@ impl Brick for Antispoof {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::bricks::Collect;
+    use crate::burst::BURST_SIZE;
     use crate::{Graph, Pool, PoolConfig};
     use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, PacketBuilder};
 
@@ -1081,6 +1082,71 @@ mod tests {
         let want: Vec<u8> = (0..20).filter(|i| i % 3 != 1).collect();
         assert_eq!(tags, want);
         assert_eq!(p.available(), 64);
+    }
+
+    /// Splits a fuzz input (`[selector][len][frame]...`, see `fuzz/fuzz_targets`) into its
+    /// selector and frames.
+    pub(crate) fn decode_fuzz_input(data: &[u8]) -> Option<(u8, Vec<Vec<u8>>)> {
+        let (&sel, mut rest) = data.split_first()?;
+        let mut frames = Vec::new();
+        while let Some((&len, tail)) = rest.split_first() {
+            let len = usize::from(len).min(tail.len());
+            frames.push(tail[..len].to_vec());
+            rest = &tail[len..];
+            if frames.len() == BURST_SIZE {
+                break;
+            }
+        }
+        Some((sel, frames))
+    }
+
+    /// Runs the seeds of the `antispoof` fuzz target (`fuzz/seeds/antispoof`, in git) the
+    /// way the target does, so CI exercises them on stable.
+    #[test]
+    fn fuzz_seeds_pass_or_drop_and_are_counted() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/antispoof");
+        let mut seeds: Vec<_> = std::fs::read_dir(dir)
+            .expect("fuzz/seeds/antispoof is in git")
+            .map(|e| e.unwrap().path())
+            .collect();
+        seeds.sort();
+        assert!(seeds.len() >= 10, "{seeds:?}");
+        let p = pool(256);
+        let vm = [0x02, 0, 0, 0, 0, 1];
+        let mut passed = 0;
+        for path in seeds {
+            let (sel, frames) = decode_fuzz_input(&std::fs::read(&path).unwrap()).unwrap();
+            let mut a = Antispoof::new(vm).with_addresses(
+                &["10.0.0.1".parse().unwrap()],
+                &["fd00::1".parse().unwrap(), "fe80::1".parse().unwrap()],
+            );
+            let bit = |i: u8| sel & (1 << i) != 0;
+            a.set_checks(AntispoofChecks {
+                mac: bit(0),
+                vlan: bit(1),
+                rarp: bit(2),
+                arp: bit(3),
+                ipv4: bit(4),
+                ipv6: bit(5),
+                ndp: bit(6),
+            });
+            let from = if bit(7) { Side::East } else { Side::West };
+            let got = run(&mut a, &p, from, &frames).len() as u64;
+            let c = a.stats();
+            let drops = c.drop_mac
+                + c.drop_vlan
+                + c.drop_rarp
+                + c.drop_arp
+                + c.drop_ipv4
+                + c.drop_ipv6
+                + c.drop_ndp
+                + c.drop_malformed;
+            assert_eq!(got, c.passed_outside + c.passed_vm, "{path:?}");
+            assert_eq!(got + drops, frames.len() as u64, "{path:?}");
+            passed += got;
+        }
+        assert!(passed > 0);
+        assert_eq!(p.available(), 256);
     }
 
     /// xorshift64*: a deterministic PRNG for the fuzz-style test.

@@ -46,6 +46,43 @@
 //!   before their first fragment are therefore dropped (no reassembly here).
 //! - **Malformed** IP headers (see [`crate::flowtable::parse`]) are dropped and counted
 //!   (`drop_malformed`); nothing panics whatever the bytes.
+//! - **ICMP errors** (ICMP destination unreachable, time exceeded, parameter problem;
+//!   ICMPv6 destination unreachable, packet too big, time exceeded, parameter problem)
+//!   that quote a packet of an existing flow and go back to that packet's sender pass
+//!   (`passed_related`, conntrack's RELATED): port unreachable and path MTU discovery
+//!   work for allowed flows. Other ICMP errors are classified like any ICMP packet.
+//!
+//! # Example
+//! ```
+//! use packetgraph::bricks::firewall::{Firewall, FirewallConfig, Peer, PortRange, Protocol, Rule, SecurityGroup};
+//! use packetgraph::flowtable::parse::build::frame;
+//! use packetgraph::flowtable::parse::TCP_SYN;
+//! use packetgraph::{Brick, Burst, Clock, Emit, Pool, PoolConfig, Side};
+//!
+//! let mut fw = Firewall::new(FirewallConfig::default(), Clock::monotonic()).unwrap();
+//! fw.set_nic_addresses(vec!["10.0.0.10".parse().unwrap()]);
+//! fw.upsert_group(SecurityGroup {
+//!     id: "sg-web".into(),
+//!     rules: vec![Rule::inbound(
+//!         Protocol::Tcp,
+//!         Some(PortRange::single(80)),
+//!         Peer::Cidr("0.0.0.0/0".parse().unwrap()),
+//!     )],
+//!     members: vec![],
+//! })
+//! .unwrap();
+//! fw.set_nic_groups(vec!["sg-web".into()]);
+//!
+//! // A SYN from the network (WEST) to the VM's port 80 passes to the VM side (EAST).
+//! let pool = Pool::new(PoolConfig { frame_count: 8, ..Default::default() }).unwrap();
+//! let syn = frame("192.0.2.1".parse().unwrap(), "10.0.0.10".parse().unwrap(), 6, 40000, 80, TCP_SYN, 0, 0);
+//! let mut burst = Burst::new();
+//! burst.push(pool.packet_from(&syn).unwrap()).unwrap();
+//! let mut out = Emit::new();
+//! fw.burst(Side::West, 0, burst, &mut out).unwrap();
+//! assert_eq!(out.pending().len(), 1);
+//! assert_eq!(fw.flows().len(), 1);
+//! ```
 //!
 //! # Classification cost
 //! Rules are compiled ([`Firewall`] does it on every change) into, per direction: an
@@ -380,6 +417,8 @@ pub struct FirewallCounters {
     pub passed_dhcp_reply: u64,
     /// Passed: a later fragment of a remembered first fragment.
     pub passed_fragment: u64,
+    /// Passed: an ICMP error about a packet of a known flow.
+    pub passed_related: u64,
     /// Dropped: malformed headers.
     pub drop_malformed: u64,
     /// Dropped: no rule allows it.
@@ -405,6 +444,7 @@ impl FirewallCounters {
             + self.passed_ndp
             + self.passed_dhcp_reply
             + self.passed_fragment
+            + self.passed_related
     }
 
     /// Sum of the `drop_*` counters.
@@ -781,6 +821,26 @@ impl Firewall {
         Ok(())
     }
 
+    /// Replaces at once the groups applied to the NIC and every group definition (those
+    /// groups and the groups their rules reference), with a single recompile and flow
+    /// re-evaluation: what a control plane sends when a NIC's security changes.
+    ///
+    /// # Errors
+    /// The first invalid rule's error; nothing changes then.
+    pub fn replace_groups(
+        &mut self,
+        nic_groups: Vec<String>,
+        groups: Vec<SecurityGroup>,
+    ) -> Result<(), FirewallError> {
+        for r in groups.iter().flat_map(|g| &g.rules) {
+            r.validate()?;
+        }
+        self.groups = groups.into_iter().map(|g| (g.id.clone(), g)).collect();
+        self.nic_groups = nic_groups;
+        self.recompile();
+        Ok(())
+    }
+
     /// Forgets a group definition. Returns false when it did not exist.
     pub fn remove_group(&mut self, id: &str) -> bool {
         let had = self.groups.remove(id).is_some();
@@ -995,11 +1055,10 @@ impl Firewall {
             return Step::Done(true);
         }
         let len = data.len() as u32;
-        if let Fragment::Later { id } = ip.fragment {
-            return Step::Done(self.later_fragment(&ip, id, len));
-        }
+        // Later fragments are decided in order with the rest of the burst (their first
+        // fragment may be earlier in the same burst); their key is not used.
         let (key, lo) = FlowKey::new(&ip.tuple, self.zone);
-        let h = key.hash64();
+        let h = self.flows.hash(&key);
         Step::Flow(FlowStep {
             ip,
             key,
@@ -1015,7 +1074,8 @@ impl Firewall {
         let ip = &s.ip;
         let first_frag = match ip.fragment {
             Fragment::First { id } => Some(id),
-            _ => None,
+            Fragment::Later { id } => return self.later_fragment(ip, id, s.len),
+            Fragment::No => None,
         };
         if let Some((id, fdir)) = self.flows.lookup(&s.key, s.h, s.lo) {
             self.flows.touch(id, fdir, s.len, ip.tcp_flags);
@@ -1037,6 +1097,19 @@ impl Firewall {
         {
             self.counters.passed_dhcp_reply += 1;
             return true;
+        }
+        // An ICMP error about a packet of a known flow, going back to that packet's
+        // sender, passes (conntrack's RELATED).
+        if let Some(rel) = ip.related
+            && rel.ipv6 == t.ipv6
+            && rel.src == t.dst
+        {
+            let (k, lo) = FlowKey::new(&rel, self.zone);
+            let h = self.flows.hash(&k);
+            if self.flows.lookup(&k, h, lo).is_some() {
+                self.counters.passed_related += 1;
+                return true;
+            }
         }
         if t.proto == IPPROTO_TCP && ip.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
             self.counters.drop_tcp_no_flow += 1;
@@ -1168,6 +1241,7 @@ impl Brick for Firewall {
             ("passed_ndp", c.passed_ndp),
             ("passed_dhcp_reply", c.passed_dhcp_reply),
             ("passed_fragment", c.passed_fragment),
+            ("passed_related", c.passed_related),
             ("drop_malformed", c.drop_malformed),
             ("drop_denied", c.drop_denied),
             ("drop_tcp_no_flow", c.drop_tcp_no_flow),
@@ -1525,6 +1599,46 @@ mod tests {
     }
 
     #[test]
+    fn replace_groups_applies_everything_at_once() {
+        let mut h = H::new();
+        assert!(!h.inb(&udp("10.0.7.1", VM, 1, 9)));
+        let web = SecurityGroup {
+            id: "sg-web".into(),
+            rules: vec![Rule::inbound(
+                Protocol::Udp,
+                None,
+                Peer::Group("sg-peers".into()),
+            )],
+            members: vec![],
+        };
+        let peers = SecurityGroup {
+            id: "sg-peers".into(),
+            rules: vec![],
+            members: vec![ip("10.0.7.1")],
+        };
+        let before = h.fw.stats().recompiles;
+        h.fw.replace_groups(vec!["sg-web".into()], vec![web, peers])
+            .unwrap();
+        assert_eq!(h.fw.stats().recompiles, before + 1);
+        assert!(h.inb(&udp("10.0.7.1", VM, 1, 9)));
+        assert!(h.fw.group("sg-a").is_none(), "replaced");
+        let bad = SecurityGroup {
+            id: "x".into(),
+            rules: vec![Rule::inbound(
+                Protocol::Any,
+                Some(PortRange::single(1)),
+                cidr("::/0"),
+            )],
+            members: vec![],
+        };
+        assert!(h.fw.replace_groups(vec![], vec![bad]).is_err());
+        assert!(
+            h.inb(&udp("10.0.7.1", VM, 1, 9)),
+            "unchanged after an error"
+        );
+    }
+
+    #[test]
     fn rule_delete_cuts_established_connection_and_keeps_others() {
         let mut h = H::new();
         let ssh = Rule::inbound(
@@ -1836,6 +1950,58 @@ mod tests {
     }
 
     #[test]
+    fn icmp_errors_about_known_flows_pass() {
+        let mut h = H::new();
+        let orig = udp(VM, "192.0.2.1", 5000, 9);
+        assert!(h.outb(&orig));
+        // Port unreachable from the remote, and from a router on the way, quoting it.
+        let unreachable = |from: &str, to: &str, quoted: &[u8]| {
+            let mut e = frame(ip(from), ip(to), IPPROTO_ICMP, 0, 0, 0, 3, 0);
+            e.extend_from_slice(&quoted[14..14 + 28]);
+            let total = (e.len() - 14) as u16;
+            e[16..18].copy_from_slice(&total.to_be_bytes());
+            fix_ipv4_checksum(&mut e);
+            e
+        };
+        assert!(h.inb(&unreachable("192.0.2.1", VM, &orig)));
+        assert!(h.inb(&unreachable("198.51.100.254", VM, &orig)));
+        // Quoting a packet of no flow: denied.
+        let other = udp(VM, "192.0.2.1", 5001, 9);
+        assert!(!h.inb(&unreachable("192.0.2.1", VM, &other)));
+        // Sent to someone else than the quoted packet's sender: denied.
+        assert!(!h.inb(&unreachable("192.0.2.1", "10.0.0.11", &orig)));
+        assert_eq!(h.fw.stats().passed_related, 2);
+        h.check_counters();
+    }
+
+    #[test]
+    fn first_and_later_fragments_in_one_burst_pass() {
+        let mut h = H::new();
+        h.rule(Rule::inbound(
+            Protocol::Udp,
+            Some(PortRange::single(9)),
+            cidr("10.0.1.0/24"),
+        ));
+        let mut first = frame(ip("10.0.1.5"), ip(VM), IPPROTO_UDP, 1, 9, 0, 0, 64);
+        make_ipv4_fragment(&mut first, 5, true, 0);
+        let mut later = frame(ip("10.0.1.5"), ip(VM), 17, 0, 0, 0, 0, 0);
+        later.truncate(34);
+        later.extend_from_slice(&[0xab; 40]);
+        later[16..18].copy_from_slice(&60u16.to_be_bytes());
+        make_ipv4_fragment(&mut later, 5, false, 9);
+        let mut b = Burst::new();
+        for f in [&first, &later, &later] {
+            b.push(h.pool.packet_from(f).unwrap()).unwrap();
+        }
+        let mut out = Emit::new();
+        h.fw.burst(Side::West, 0, b, &mut out).unwrap();
+        let v = out.take();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].1.len(), 3, "{:?}", h.fw.stats());
+        assert_eq!(h.fw.stats().passed_fragment, 2);
+    }
+
+    #[test]
     fn ipv6_fragments_of_allowed_flows_pass() {
         let mut h = H::new();
         h.rule(Rule::inbound(
@@ -1930,5 +2096,122 @@ mod tests {
         assert_eq!(out.empty_bursts(), 0);
         assert_eq!(h.fw.stats().drop_denied, 64);
         assert_eq!(h.pool.available(), 256);
+    }
+}
+
+#[cfg(test)]
+mod corpus_tests {
+    //! Runs the `firewall_parse` fuzz seeds (`fuzz/seeds/firewall_parse`, in git) and
+    //! whatever a local `cargo fuzz run firewall_parse` put in `fuzz/corpus/firewall_parse`
+    //! through the parser and the brick the way the fuzz target does, with every
+    //! truncation and single-byte corruption of each seed, so CI exercises the fuzz
+    //! target's checks on stable.
+
+    use super::*;
+    use crate::flowtable::parse_ethernet;
+    use crate::{Pool, PoolConfig};
+
+    #[test]
+    fn fuzz_corpus_and_its_mutations() {
+        let read = |dir: &str| -> Vec<Vec<u8>> {
+            match std::fs::read_dir(dir) {
+                Ok(d) => d
+                    .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        };
+        let seeds = read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/seeds/firewall_parse"
+        ));
+        assert!(
+            seeds.len() >= 10,
+            "the seeds are in git (fuzz/seeds/firewall_parse)"
+        );
+        let mut inputs = seeds.clone();
+        inputs.extend(read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fuzz/corpus/firewall_parse"
+        )));
+        for s in &seeds {
+            for n in 1..s.len() {
+                inputs.push(s[..n].to_vec());
+            }
+            for i in 1..s.len() {
+                for x in [0x00u8, 0xff, 0x80, 0x01] {
+                    let mut m = s.clone();
+                    m[i] ^= x | 1;
+                    inputs.push(m);
+                }
+            }
+        }
+        let pool = Pool::new(PoolConfig {
+            frame_count: 256,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut fw = Firewall::new(FirewallConfig::default(), Clock::manual()).unwrap();
+        fw.set_nic_addresses(vec![
+            "10.0.0.10".parse().unwrap(),
+            "fd00::10".parse().unwrap(),
+        ]);
+        let cidr = |s: &str| Peer::Cidr(s.parse().unwrap());
+        fw.upsert_group(SecurityGroup {
+            id: "sg".into(),
+            rules: vec![
+                Rule::inbound(
+                    Protocol::Tcp,
+                    Some(PortRange::new(1, 1024).unwrap()),
+                    cidr("0.0.0.0/0"),
+                ),
+                Rule::inbound(Protocol::Udp, None, cidr("10.0.0.0/8")),
+                Rule::inbound(Protocol::Icmp, None, cidr("0.0.0.0/0")),
+                Rule::inbound(Protocol::Any, None, cidr("fd00::/16")),
+                Rule::inbound(Protocol::Number(47), None, Peer::Group("sg".into())),
+            ],
+            members: vec!["10.0.0.1".parse().unwrap()],
+        })
+        .unwrap();
+        fw.set_nic_groups(vec!["sg".into()]);
+        let mut fed = 0u64;
+        let mut passed = 0u64;
+        let mut seeds_passed = 0;
+        for (k, inp) in inputs.iter().enumerate() {
+            let Some((&sel, frame)) = inp.split_first() else {
+                continue;
+            };
+            if let Ok(Parsed::Ip(ip)) = parse_ethernet(frame) {
+                assert!(ip.l3_offset < frame.len());
+                if let Some(l4) = ip.l4_offset {
+                    assert!(l4 <= frame.len() && l4 > ip.l3_offset);
+                }
+            }
+            let Some(p) = pool.packet_from(frame) else {
+                continue;
+            };
+            let mut b = Burst::new();
+            b.push(p).unwrap();
+            let side = if sel & 1 != 0 { Side::East } else { Side::West };
+            let mut out = Emit::new();
+            fw.burst(side, 0, b, &mut out).unwrap();
+            assert_eq!(out.empty_bursts(), 0);
+            let n: usize = out.pending().iter().map(|(_, b)| b.len()).sum();
+            passed += n as u64;
+            if k < seeds.len() {
+                seeds_passed += n;
+            }
+            drop(out);
+            fed += 1;
+            let c = fw.stats();
+            assert_eq!(fed, c.passed() + c.dropped(), "input {k}: {c:?}");
+            assert_eq!(c.passed(), passed);
+            assert_eq!(pool.available(), 256, "no frame leaked");
+        }
+        assert!(
+            seeds_passed >= 10,
+            "most seeds are allowed traffic ({seeds_passed} passed)"
+        );
+        assert!(fw.stats().drop_malformed > 100);
     }
 }

@@ -660,6 +660,28 @@ mod tests {
         }
     }
 
+    /// The fuzz target's seed frames (`fuzz/seeds/print_summary`) give the expected
+    /// summaries.
+    #[test]
+    fn fuzz_seeds_summarize() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/print_summary");
+        let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+        let s = FrameSummary(&read("seed_udp4")).to_string();
+        assert!(s.ends_with("[udp sport=4000 dport=5000 len=13]"), "{s}");
+        let s = FrameSummary(&read("seed_vlan_udp4")).to_string();
+        assert!(s.contains("[vlan id=42 pcp=0 type=0x0800]"), "{s}");
+        let s = FrameSummary(&read("seed_arp")).to_string();
+        assert!(
+            s.contains("[arp op=request spa=10.0.0.1 tpa=10.0.0.2]"),
+            "{s}"
+        );
+        let s = FrameSummary(&read("seed_short")).to_string();
+        assert!(
+            s.contains("[malformed") && s.contains("[raw len=20 "),
+            "{s}"
+        );
+    }
+
     #[test]
     fn pcap_output_has_a_header_and_one_record_per_frame() {
         let out = Shared::default();

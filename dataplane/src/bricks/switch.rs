@@ -40,11 +40,12 @@
 
 use std::time::Duration;
 
+use arrayvec::ArrayVec;
+
 use crate::brick::{Brick, Emit, Poles, Side};
 use crate::burst::{BURST_SIZE, Burst};
 use crate::clock::Clock;
 use crate::error::BrickError;
-use crate::packet::Packet;
 
 /// Default FDB aging time: 300 s (IEEE 802.1D-2004 §7.9.2 recommended value).
 pub const DEFAULT_AGING: Duration = Duration::from_secs(300);
@@ -213,6 +214,22 @@ fn mac_u64(b: &[u8]) -> u64 {
         | (u64::from(b[3]) << 16)
         | (u64::from(b[4]) << 8)
         | u64::from(b[5])
+}
+
+/// Destination MAC of a frame of at least 14 bytes, as a u64 (one load).
+#[inline]
+fn dst_mac(d: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[0..8]);
+    u64::from_be_bytes(b) >> 16
+}
+
+/// Source MAC of a frame of at least 14 bytes, as a u64 (one load).
+#[inline]
+fn src_mac(d: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[4..12]);
+    u64::from_be_bytes(b) & MAC_MASK
 }
 
 #[inline]
@@ -603,7 +620,7 @@ impl Switch {
         if d.len() < ETH_HLEN {
             return 0;
         }
-        let home = self.home(mac_u64(&d[0..6]));
+        let home = self.home(dst_mac(d));
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
@@ -630,8 +647,8 @@ impl Switch {
             self.counters.drop_malformed += 1;
             return MARK_DROP_MALFORMED;
         }
-        let dst = mac_u64(&d[0..6]);
-        let src = mac_u64(&d[6..12]);
+        let dst = dst_mac(d);
+        let src = src_mac(d);
         if src & GROUP_BIT != 0 || src == 0 {
             self.counters.drop_invalid_src += 1;
             return MARK_DROP_INVALID_SRC;
@@ -777,30 +794,26 @@ impl Brick for Switch {
             self.deliver(first, pkts, ingress, out);
             return Ok(());
         }
-        // A mixed burst: the packets are parked by index, then each decision's group is
-        // built in one go (in arrival order) and sent at once, so every output burst is
-        // moved only once (a burst is 1.5 KiB: moves are what costs here).
-        let n = pkts.len();
-        let mut marks = [0u16; BURST_SIZE];
-        let mut parked: [Option<Packet>; BURST_SIZE] = [const { None }; BURST_SIZE];
-        for (i, p) in pkts.drain().enumerate() {
-            marks[i] = p.mark();
-            parked[i] = Some(p);
-        }
-        for i in 0..n {
-            let Some(p) = parked[i].take() else {
-                continue;
-            };
-            let mark = marks[i];
-            let mut group = Burst::new();
-            let _ = group.push(p);
-            for j in i + 1..n {
-                if marks[j] == mark
-                    && let Some(q) = parked[j].take()
-                {
-                    let _ = group.push(q);
-                }
+        // A mixed burst: one pass puts each packet in the output burst of its decision
+        // (in arrival order); bursts are boxed handles, so holding one per decision is
+        // cheap. Then each group is delivered once.
+        let mut groups: ArrayVec<(u16, Burst), BURST_SIZE> = ArrayVec::new();
+        let mut last = 0;
+        for p in pkts.drain() {
+            let mark = p.mark();
+            if groups.get(last).is_none_or(|g| g.0 != mark) {
+                last = match groups.iter().position(|g| g.0 == mark) {
+                    Some(i) => i,
+                    None => {
+                        groups.push((mark, Burst::new()));
+                        groups.len() - 1
+                    }
+                };
             }
+            // Cannot fail: at most 64 packets in all.
+            let _ = groups[last].1.push(p);
+        }
+        for (mark, group) in groups {
             self.deliver(mark, group, ingress, out);
         }
         Ok(())
@@ -1049,6 +1062,69 @@ mod tests {
     }
 
     #[test]
+    fn burst_to_many_edges_sends_one_burst_per_edge_in_order() {
+        let p = pool(256);
+        let mut s = Switch::new();
+        let edges = 20;
+        for e in 0..edges {
+            s.on_link(Side::East, e);
+        }
+        s.on_link(Side::West, 0);
+        let mut out = Emit::new();
+        let station = |e: usize| [0x02, 0, 0, 0, 1, e as u8];
+        for e in 0..edges {
+            s.burst(
+                Side::East,
+                e,
+                burst(&p, &[frame(BCAST, station(e), 0)]),
+                &mut out,
+            )
+            .unwrap();
+            drop(out.take());
+        }
+        // 64 frames to the 20 stations in turn, plus broadcasts and a link-local frame.
+        let mut frames = Vec::new();
+        for i in 0..60u8 {
+            frames.push(frame(station(i as usize % edges), A, i));
+        }
+        frames.push(frame(BCAST, A, 60));
+        frames.push(frame([0x01, 0x80, 0xc2, 0, 0, 2], A, 61));
+        frames.push(frame(BCAST, A, 62));
+        frames.push(frame(station(3), A, 63));
+        let before = *s.stats();
+        s.burst(Side::West, 0, burst(&p, &frames), &mut out)
+            .unwrap();
+        assert_eq!(out.empty_bursts(), 0);
+        let mut per_edge = vec![Vec::new(); edges];
+        for (dest, b) in out.take() {
+            let crate::brick::Dest::Edge(Side::East, e) = dest else {
+                panic!("unexpected destination {dest:?}");
+            };
+            per_edge[e].push(b.iter().map(|p| p.data()[14]).collect::<Vec<u8>>());
+        }
+        for (e, bursts) in per_edge.iter().enumerate() {
+            let mut unicast: Vec<u8> = (0..60u8).filter(|i| *i as usize % edges == e).collect();
+            if e == 3 {
+                unicast.push(63);
+            }
+            // One unicast burst (in order) and one burst of the two broadcasts.
+            assert_eq!(bursts.len(), 2, "edge {e}: {bursts:?}");
+            assert!(bursts.contains(&unicast), "edge {e}: {bursts:?}");
+            assert!(bursts.contains(&vec![60, 62]), "edge {e}: {bursts:?}");
+        }
+        let c = s.stats();
+        assert_eq!(
+            (
+                c.unicast - before.unicast,
+                c.flooded - before.flooded,
+                c.drop_link_local - before.drop_link_local
+            ),
+            (61, 2, 1)
+        );
+        assert_eq!(c.flood_copies - before.flood_copies, 2 * (edges as u64 - 1));
+    }
+
+    #[test]
     fn mixed_burst_is_split_by_destination_in_order() {
         let p = pool(64);
         let mut g = graph(Switch::new());
@@ -1275,6 +1351,52 @@ mod tests {
                 .is_err()
             );
         }
+    }
+
+    /// Runs the seeds of the `switch` fuzz target (`fuzz/seeds/switch`, in git) the way
+    /// the target does, so CI exercises them on stable.
+    #[test]
+    fn fuzz_seeds_are_forwarded_or_dropped_and_counted() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/switch");
+        let mut seeds: Vec<_> = std::fs::read_dir(dir)
+            .expect("fuzz/seeds/switch is in git")
+            .map(|e| e.unwrap().path())
+            .collect();
+        seeds.sort();
+        assert!(!seeds.is_empty());
+        let p = pool(256);
+        let (mut s, clock) = manual(16);
+        for side in Side::BOTH {
+            for edge in 0..2 {
+                s.on_link(side, edge);
+            }
+        }
+        let mut fed = 0;
+        for path in seeds {
+            let (sel, frames) =
+                crate::bricks::antispoof::tests::decode_fuzz_input(&std::fs::read(&path).unwrap())
+                    .unwrap();
+            clock.advance(Duration::from_secs(u64::from(sel >> 2) * 10));
+            let side = if sel & 2 == 0 { Side::West } else { Side::East };
+            let mut out = Emit::new();
+            s.burst(side, usize::from(sel & 1), burst(&p, &frames), &mut out)
+                .unwrap();
+            assert_eq!(out.empty_bursts(), 0);
+            fed += frames.len() as u64;
+        }
+        let c = s.stats();
+        assert_eq!(
+            fed,
+            c.unicast
+                + c.flooded
+                + c.drop_no_edge
+                + c.drop_link_local
+                + c.drop_malformed
+                + c.drop_invalid_src
+                + c.drop_same_edge
+        );
+        assert!(c.unicast > 0 && c.flooded > 0 && c.drop_link_local > 0, "{c:?}");
+        assert_eq!(p.available(), 256);
     }
 
     /// xorshift64*: a deterministic PRNG for the fuzz-style tests.

@@ -74,10 +74,11 @@ use crate::clock::Clock;
 use crate::error::BrickError;
 use crate::packet::{Packet, Pool};
 use crate::wire::checksum;
+use crate::wire::control::{self, ICMPV6_NA, ICMPV6_NS};
 use crate::wire::vxlan::{self, VNI_MAX, VXLAN_PORT, VxlanPacket};
 use crate::wire::{
-    ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IP_PROTO_HOPOPT,
-    IP_PROTO_ICMPV6, IP_PROTO_IGMP, IP_PROTO_UDP, is_group_mac,
+    ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IP_PROTO_ICMPV6,
+    IP_PROTO_UDP, is_group_mac,
 };
 
 /// Most VNIs (WEST edges) a VTEP accepts.
@@ -88,10 +89,6 @@ pub const DEFAULT_FDB_AGING: Duration = Duration::from_secs(300);
 pub const DEFAULT_FDB_MAX: usize = 16384;
 /// Shortest interval between two ARP/NS requests for the same remote, in nanoseconds.
 const RESOLVE_INTERVAL_NS: u64 = 1_000_000_000;
-/// ICMPv6 types (RFC 4861 §4.3, §4.4; RFC 3810 §5.2).
-const ICMPV6_NS: u8 = 135;
-const ICMPV6_NA: u8 = 136;
-const ICMPV6_MLDV2_REPORT: u8 = 143;
 
 /// Errors of the VTEP's configuration calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,7 +182,8 @@ pub struct VtepConfig {
     /// Outer destination MAC of every unicast remote (a router), instead of resolving
     /// each remote with ARP/NDP. An FDB entry's learned outer MAC still wins.
     pub next_hop_mac: Option<[u8; 6]>,
-    /// Most learned FDB entries (and most learned neighbours), >= 1, default 16384.
+    /// Most learned FDB entries (and most learned neighbours), >= 1, default 16384. The FDB
+    /// table is allocated for this many entries when the VTEP is made (about 64 bytes each).
     pub fdb_max: usize,
     /// Idle time after which a learned FDB entry or neighbour is forgotten (default
     /// 300 s).
@@ -667,7 +665,8 @@ impl Vtep {
             }
         };
         let h = FastBuild::random();
-        let reserve = cfg.fdb_max.min(4096);
+        // The whole learning limit up front: learning never reallocates on the hot path.
+        let reserve = cfg.fdb_max;
         Ok(Vtep {
             aging_ns: cfg.fdb_aging.as_nanos().min(u64::MAX as u128) as u64,
             cfg,
@@ -723,6 +722,10 @@ impl Vtep {
     /// group, an IGMPv2 membership report (IPv4) or MLDv2 report (IPv6) is queued for the
     /// underlay; with a list, the remotes' MACs are resolved in advance. Queued frames
     /// leave on the next poll.
+    ///
+    /// The VNI belongs to the edge index, not to the brick linked there: it stays when the
+    /// edge is unlinked (so a VM side can be re-linked without reconfiguring the VTEP);
+    /// call [`Vtep::remove_vni`] to detach it.
     ///
     /// # Errors
     /// [`VtepError::VniRange`], [`VtepError::EdgeRange`], [`VtepError::VniInUse`],
@@ -1032,8 +1035,12 @@ impl Vtep {
             return;
         };
         let ok = match (self.cfg.ip, ip) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => build_arp_request(&mut p, self.cfg.mac, src, dst),
-            (IpAddr::V6(src), IpAddr::V6(dst)) => build_ns(&mut p, self.cfg.mac, src, dst),
+            (IpAddr::V4(src), IpAddr::V4(dst)) => emit_into(&mut p, control::ARP_LEN, |b| {
+                control::emit_arp_request(b, self.cfg.mac, src, dst)
+            }),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => emit_into(&mut p, control::ND_LEN, |b| {
+                control::emit_ns(b, self.cfg.mac, src, dst)
+            }),
             _ => false,
         };
         if ok {
@@ -1048,8 +1055,12 @@ impl Vtep {
             return;
         };
         let ok = match (self.cfg.ip, group) {
-            (IpAddr::V4(src), IpAddr::V4(g)) => build_igmp(&mut p, self.cfg.mac, src, g, join),
-            (IpAddr::V6(_), IpAddr::V6(g)) => build_mld(&mut p, self.cfg.mac, g, join),
+            (IpAddr::V4(src), IpAddr::V4(g)) => emit_into(&mut p, control::IGMP_LEN, |b| {
+                control::emit_igmp(b, self.cfg.mac, src, g, join)
+            }),
+            (IpAddr::V6(_), IpAddr::V6(g)) => emit_into(&mut p, control::MLD_LEN, |b| {
+                control::emit_mld(b, self.cfg.mac, g, join)
+            }),
             _ => false,
         };
         if ok {
@@ -1077,7 +1088,12 @@ impl Vtep {
         }
         let zero6 = self.cfg.udp6_zero_checksum_tx;
         let h = p.prepend(oh).map_err(|_| EncapDrop::Headroom)?;
-        h.copy_from_slice(&self.tmpl[..oh]);
+        // Constant lengths, so the copy is inlined rather than a call to memmove.
+        if oh == vxlan::OVERHEAD_V4 {
+            h[..vxlan::OVERHEAD_V4].copy_from_slice(&self.tmpl[..vxlan::OVERHEAD_V4]);
+        } else {
+            h[..vxlan::OVERHEAD_V6].copy_from_slice(&self.tmpl[..vxlan::OVERHEAD_V6]);
+        }
         h[0..6].copy_from_slice(&dst_mac);
         let sport = vxlan::source_port(hash);
         let udp_len = (inner + 16) as u16;
@@ -1159,7 +1175,8 @@ impl Vtep {
             return;
         };
         let vni = conf.vni;
-        for mut p in pkts {
+        let mut pkts = pkts;
+        for mut p in pkts.drain() {
             if p.len() < ETHERNET_HEADER_LEN {
                 self.encap_drop(EncapDrop::InnerRunt);
                 continue;
@@ -1299,7 +1316,9 @@ impl Vtep {
 
     /// Classifies one underlay frame: checks everything, touches nothing.
     #[inline]
-    fn classify(&self, d: &[u8]) -> Verdict {
+    /// `last` caches the last VNI → edge lookup across calls (bursts are mostly of one
+    /// VNI).
+    fn classify(&self, d: &[u8], last: &mut Option<(u32, usize)>) -> Verdict {
         use DecapDrop as D;
         if d.len() < ETHERNET_HEADER_LEN {
             return Verdict::Drop(D::Runt);
@@ -1407,8 +1426,15 @@ impl Vtep {
             return Verdict::Drop(D::VxlanFlags);
         }
         let vni = vx.vni();
-        let Some(&edge) = self.edge_by_vni.get(&vni) else {
-            return Verdict::Drop(D::UnknownVni);
+        let edge = match *last {
+            Some((v, e)) if v == vni => e,
+            _ => {
+                let Some(&e) = self.edge_by_vni.get(&vni) else {
+                    return Verdict::Drop(D::UnknownVni);
+                };
+                *last = Some((vni, e));
+                e
+            }
         };
         if vx.payload().len() < ETHERNET_HEADER_LEN {
             return Verdict::Drop(D::InnerRunt);
@@ -1466,10 +1492,16 @@ impl Vtep {
         let mut dirty = [0u16; crate::burst::BURST_SIZE];
         let mut ndirty = 0;
         let mut east = Burst::new();
-        let mut last_learn: Option<(u32, u64, IpAddr)> = None;
+        // (VNI, inner source MAC) pairs refreshed in this burst: each MAC is learned once per
+        // burst, not once per packet (a MAC that moves to another remote VTEP in the
+        // middle of a burst moves with the next burst).
+        let mut recent = [u128::MAX; 8];
+        let mut recent_next = 0;
         let mut last_neigh: Option<(IpAddr, [u8; 6])> = None;
-        for mut p in pkts {
-            match self.classify(p.data()) {
+        let mut last_vni = None;
+        let mut pkts = pkts;
+        for mut p in pkts.drain() {
+            match self.classify(p.data(), &mut last_vni) {
                 Verdict::Vxlan {
                     edge,
                     vni,
@@ -1479,9 +1511,11 @@ impl Vtep {
                     src_mac,
                 } => {
                     let inner_src = mac_u64(&p.data()[start + 6..start + 12]);
-                    if (inner_src >> 40) & 1 == 0 && last_learn != Some((vni, inner_src, src_ip)) {
+                    let k = ((vni as u128) << 64) | inner_src as u128;
+                    if (inner_src >> 40) & 1 == 0 && !recent.contains(&k) {
                         self.learn(vni, inner_src, src_ip, src_mac, now);
-                        last_learn = Some((vni, inner_src, src_ip));
+                        recent[recent_next] = k;
+                        recent_next = (recent_next + 1) % recent.len();
                     }
                     if self.cfg.next_hop_mac.is_none() && last_neigh != Some((src_ip, src_mac)) {
                         self.learn_neighbour(src_ip, src_mac, now);
@@ -1627,11 +1661,11 @@ impl Vtep {
         }
         let (dst, flags) = if src.is_unspecified() {
             (
-                "ff02::1".parse::<Ipv6Addr>().expect("valid literal"),
-                0x20u8,
-            ) // O
+                Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+                control::NA_OVERRIDE,
+            )
         } else {
-            (src, 0x60u8) // S | O
+            (src, control::NA_SOLICITED | control::NA_OVERRIDE)
         };
         let dst_mac = if src.is_unspecified() {
             crate::wire::ipv6_multicast_mac(dst.octets())
@@ -1639,8 +1673,10 @@ impl Vtep {
             eth_src
         };
         p.truncate(0);
-        let _ = p.set_len(ETHERNET_HEADER_LEN + 40 + 32);
-        build_na(p.data_mut(), self.cfg.mac, dst_mac, our, dst, flags);
+        if p.set_len(control::ND_LEN).is_err() {
+            return Err(DecapDrop::BadControl);
+        }
+        control::emit_na(p.data_mut(), self.cfg.mac, dst_mac, our, dst, flags);
         Ok(true)
     }
 }
@@ -1693,188 +1729,16 @@ fn flow_hash(f: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
-/// Builds an ARP request (RFC 826) for `target` into empty packet `p`.
-fn build_arp_request(p: &mut Packet, mac: [u8; 6], src: Ipv4Addr, target: Ipv4Addr) -> bool {
-    let Ok(b) = p.append(ETHERNET_HEADER_LEN + 28) else {
-        return false;
-    };
-    b[0..6].copy_from_slice(&[0xff; 6]);
-    b[6..12].copy_from_slice(&mac);
-    b[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
-    let a = &mut b[14..];
-    a[0..8].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    a[8..14].copy_from_slice(&mac);
-    a[14..18].copy_from_slice(&src.octets());
-    a[18..24].copy_from_slice(&[0; 6]);
-    a[24..28].copy_from_slice(&target.octets());
-    true
-}
-
-/// Writes an IPv6 header (no extension) into `b[14..54]` and the Ethernet header.
-fn ipv6_eth(b: &mut [u8], dst_mac: [u8; 6], src_mac: [u8; 6], plen: u16, nh: u8, hop: u8) {
-    b[0..6].copy_from_slice(&dst_mac);
-    b[6..12].copy_from_slice(&src_mac);
-    b[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
-    b[14..18].copy_from_slice(&[0x60, 0, 0, 0]);
-    b[18..20].copy_from_slice(&plen.to_be_bytes());
-    b[20] = nh;
-    b[21] = hop;
-}
-
-/// Computes the ICMPv6 checksum of `b` (an Ethernet frame with an IPv6 header) whose
-/// ICMPv6 message starts at `icmp` and has its checksum field at `icmp + 2`.
-fn icmpv6_checksum(b: &mut [u8], icmp: usize) {
-    let mut s = [0u8; 16];
-    let mut d = [0u8; 16];
-    s.copy_from_slice(&b[22..38]);
-    d.copy_from_slice(&b[38..54]);
-    let len = (b.len() - icmp) as u32;
-    b[icmp + 2] = 0;
-    b[icmp + 3] = 0;
-    let acc = checksum::pseudo_header_v6(&s, &d, IP_PROTO_ICMPV6, len);
-    let c = checksum::finish(checksum::sum(&b[icmp..], acc));
-    b[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
-}
-
-/// Builds a neighbour solicitation (RFC 4861 §4.3) for `target` with a source link-layer
-/// address option, to the solicited-node group.
-fn build_ns(p: &mut Packet, mac: [u8; 6], src: Ipv6Addr, target: Ipv6Addr) -> bool {
-    let Ok(b) = p.append(ETHERNET_HEADER_LEN + 40 + 32) else {
-        return false;
-    };
-    let group = crate::wire::solicited_node(target.octets());
-    ipv6_eth(
-        b,
-        crate::wire::ipv6_multicast_mac(group),
-        mac,
-        32,
-        IP_PROTO_ICMPV6,
-        255,
-    );
-    b[22..38].copy_from_slice(&src.octets());
-    b[38..54].copy_from_slice(&group);
-    let m = &mut b[54..];
-    m[0..8].copy_from_slice(&[ICMPV6_NS, 0, 0, 0, 0, 0, 0, 0]);
-    m[8..24].copy_from_slice(&target.octets());
-    m[24] = 1; // source link-layer address
-    m[25] = 1; // length in units of 8 bytes
-    m[26..32].copy_from_slice(&mac);
-    icmpv6_checksum(b, 54);
-    true
-}
-
-/// Writes a neighbour advertisement (RFC 4861 §4.4) for `target` with a target
-/// link-layer address option into `b` (86 bytes).
-fn build_na(
-    b: &mut [u8],
-    mac: [u8; 6],
-    dst_mac: [u8; 6],
-    target: Ipv6Addr,
-    dst: Ipv6Addr,
-    flags: u8,
-) {
-    ipv6_eth(b, dst_mac, mac, 32, IP_PROTO_ICMPV6, 255);
-    b[22..38].copy_from_slice(&target.octets());
-    b[38..54].copy_from_slice(&dst.octets());
-    let m = &mut b[54..];
-    m[0..8].copy_from_slice(&[ICMPV6_NA, 0, 0, 0, flags, 0, 0, 0]);
-    m[8..24].copy_from_slice(&target.octets());
-    m[24] = 2; // target link-layer address
-    m[25] = 1;
-    m[26..32].copy_from_slice(&mac);
-    icmpv6_checksum(b, 54);
-}
-
-/// Builds an IGMPv2 membership report (join) or leave group message (RFC 2236 §2) with
-/// the Router Alert option (RFC 2113), TTL 1.
-fn build_igmp(p: &mut Packet, mac: [u8; 6], src: Ipv4Addr, group: Ipv4Addr, join: bool) -> bool {
-    let Ok(b) = p.append(ETHERNET_HEADER_LEN + 24 + 8) else {
-        return false;
-    };
-    let dst = if join {
-        group
-    } else {
-        Ipv4Addr::new(224, 0, 0, 2)
-    };
-    b[0..6].copy_from_slice(&crate::wire::ipv4_multicast_mac(dst.octets()));
-    b[6..12].copy_from_slice(&mac);
-    b[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    let ip = &mut b[14..38];
-    ip.copy_from_slice(&[
-        0x46,
-        0xc0,
-        0,
-        32,
-        0,
-        0,
-        0x40,
-        0,
-        1,
-        IP_PROTO_IGMP,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0x94,
-        0x04,
-        0,
-        0,
-    ]);
-    ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&dst.octets());
-    let c = checksum::checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let m = &mut b[38..46];
-    m[0] = if join { 0x16 } else { 0x17 };
-    m[1] = 0;
-    m[2] = 0;
-    m[3] = 0;
-    m[4..8].copy_from_slice(&group.octets());
-    let c = checksum::checksum(m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
-    true
-}
-
-/// Builds an MLDv2 report (RFC 3810 §5.2) to ff02::16 from our link-local address
-/// (derived from the MAC, RFC 3810 §5.2.13 requires a link-local source), hop limit 1,
-/// hop-by-hop Router Alert (RFC 2711): one record, CHANGE_TO_EXCLUDE_MODE {} to join,
-/// CHANGE_TO_INCLUDE_MODE {} to leave.
-fn build_mld(p: &mut Packet, mac: [u8; 6], group: Ipv6Addr, join: bool) -> bool {
-    let Ok(b) = p.append(ETHERNET_HEADER_LEN + 40 + 8 + 28) else {
-        return false;
-    };
-    let dst: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
-    ipv6_eth(
-        b,
-        crate::wire::ipv6_multicast_mac(dst),
-        mac,
-        36,
-        IP_PROTO_HOPOPT,
-        1,
-    );
-    b[22..38].copy_from_slice(&crate::wire::link_local_from_mac(mac));
-    b[38..54].copy_from_slice(&dst);
-    b[54..62].copy_from_slice(&[IP_PROTO_ICMPV6, 0, 0x05, 0x02, 0, 0, 0x01, 0x00]);
-    let m = &mut b[62..90];
-    m[0..8].copy_from_slice(&[ICMPV6_MLDV2_REPORT, 0, 0, 0, 0, 0, 0, 1]);
-    m[8] = if join { 4 } else { 3 };
-    m[9] = 0;
-    m[10] = 0;
-    m[11] = 0;
-    m[12..28].copy_from_slice(&group.octets());
-    // Checksum over the pseudo-header (upper-layer length 28) and the MLD message.
-    let mut s = [0u8; 16];
-    s.copy_from_slice(&b[22..38]);
-    let acc = checksum::pseudo_header_v6(&s, &dst, IP_PROTO_ICMPV6, 28);
-    let c = checksum::finish(checksum::sum(&b[62..90], acc));
-    b[64..66].copy_from_slice(&c.to_be_bytes());
-    true
+/// Appends `len` bytes to empty packet `p` and lets `emit` write them; false when the
+/// frame has no room (cannot happen with pool frames of 2048 bytes or more).
+fn emit_into(p: &mut Packet, len: usize, emit: impl FnOnce(&mut [u8])) -> bool {
+    match p.append(len) {
+        Ok(b) => {
+            emit(b);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 impl Brick for Vtep {
@@ -2618,7 +2482,7 @@ mod tests {
         let IpAddr::V6(our) = ip("fd00::1") else {
             panic!()
         };
-        assert!(build_ns(&mut pk, PEER_MAC, peer, our));
+        control::emit_ns(pk.append(control::ND_LEN).unwrap(), PEER_MAC, peer, our);
         let ns = pk.data().to_vec();
         drop(pk);
         assert_eq!(&ns[0..6], &[0x33, 0x33, 0xff, 0, 0, 1]);

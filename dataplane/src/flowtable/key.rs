@@ -202,10 +202,18 @@ impl FlowKey {
         self.proto
     }
 
-    /// A 64-bit hash of the key (FxHash-style multiply-rotate over 8-byte words, then the
-    /// MurmurHash3 `fmix64` finaliser so the low bits are usable as a table index).
+    /// A 64-bit hash of the key with seed 0 (see [`FlowKey::hash_seeded`]).
     #[inline]
     pub fn hash64(&self) -> u64 {
+        self.hash_seeded(0)
+    }
+
+    /// A 64-bit hash of the key (FxHash-style multiply-rotate over 8-byte words starting
+    /// from `seed`, then the MurmurHash3 `fmix64` finaliser so the low bits are usable as
+    /// a table index). A secret seed per table keeps remote peers from choosing colliding
+    /// 5-tuples.
+    #[inline]
+    pub fn hash_seeded(&self, seed: u64) -> u64 {
         const K: u64 = 0x517c_c1b7_2722_0a95;
         let w = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
         let words = [
@@ -216,7 +224,7 @@ impl FlowKey {
             (self.zone as u64) << 32 | (self.lo_port as u64) << 16 | self.hi_port as u64,
             (self.proto as u64) << 8 | self.ipv6 as u64,
         ];
-        let mut h = 0u64;
+        let mut h = seed;
         for x in words {
             h = (h.rotate_left(5) ^ x).wrapping_mul(K);
         }

@@ -24,6 +24,9 @@
 //! - **Capacity**: at most `max_flows` flows; when full, [`FullPolicy::EvictOldest`]
 //!   evicts the flow armed to expire first, [`FullPolicy::RefuseNew`] refuses the new one.
 //!   Counters: hit, created, expired, evicted, refused, removed, unhandled.
+//! - **Index**: open addressing with linear probing and backward-shift deletion over a
+//!   power-of-two array of 8-byte slots (hash tag + slab index), at most half full. The
+//!   hash is seeded with a random secret per table ([`FlowTable::hash`]).
 //! - **Memory**: everything is allocated when the table is made (flow slab, hash index,
 //!   wheel, record ring); nothing is allocated per packet. A flow takes 128 bytes in the
 //!   slab plus 16 bytes of index (2 slots of 8 bytes per flow, load ≤ 50 %).
@@ -438,6 +441,8 @@ pub struct FlowTable {
     lifetimes_ms: [u32; 7],
     records: VecDeque<FlowRecord>,
     counters: FlowCounters,
+    /// Secret hash seed (random per table).
+    seed: u64,
 }
 
 impl FlowTable {
@@ -488,6 +493,10 @@ impl FlowTable {
             lifetimes_ms,
             records: VecDeque::with_capacity(cfg.record_capacity),
             counters: FlowCounters::default(),
+            seed: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0x5eedu64)
+            },
             now,
             clock,
             cfg,
@@ -666,7 +675,7 @@ impl FlowTable {
 
     fn index_remove(&mut self, i: u32) {
         let key = self.flows[i as usize].key;
-        if let Some((pos, _)) = self.find(&key, key.hash64()) {
+        if let Some((pos, _)) = self.find(&key, self.hash(&key)) {
             self.index_remove_at(pos);
         }
     }
@@ -816,8 +825,15 @@ impl FlowTable {
         }
     }
 
+    /// The hash of `key` under this table's secret seed: the `h` that
+    /// [`FlowTable::lookup`] and [`FlowTable::create`] take.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        key.hash_seeded(self.seed)
+    }
+
     /// Finds the flow of a packet whose key and orientation come from [`FlowKey::new`],
-    /// with `h = key.hash64()`. Returns the flow and the packet's direction. A flow found
+    /// with `h = self.hash(key)`. Returns the flow and the packet's direction. A flow found
     /// past its expiry is expired now and not returned. Counts a hit.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, h: u64, src_is_lo: bool) -> Option<(FlowId, FlowDir)> {
@@ -870,7 +886,7 @@ impl FlowTable {
     }
 
     /// Creates a flow for a packet (key and orientation from [`FlowKey::new`], `h` its
-    /// hash) that was not found, counting the packet as its first forward packet.
+    /// hash from [`FlowTable::hash`]) that was not found, counting the packet as its first forward packet.
     /// A TCP flow starts in [`TcpState::SynSent`] when `tcp_flags` is a SYN without ACK,
     /// else in [`TcpState::Established`] (picked up mid-stream). `tag` is kept for the
     /// caller.
@@ -989,7 +1005,7 @@ impl FlowTable {
     /// hit or checking expiry (for the API).
     pub fn find_tuple(&self, t: &FiveTuple, zone: u32) -> Option<FlowId> {
         let (k, _) = FlowKey::new(t, zone);
-        self.find(&k, k.hash64()).map(|(_, i)| FlowId(i))
+        self.find(&k, self.hash(&k)).map(|(_, i)| FlowId(i))
     }
 
     /// Ends flow `id` (reason [`EndReason::Removed`]). Returns false if it was not live.

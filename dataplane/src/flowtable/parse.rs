@@ -64,6 +64,11 @@ pub struct ParsedIp {
     pub tcp_flags: u8,
     /// ICMP / ICMPv6 type, when the protocol is one of those and the header is present.
     pub icmp_type: Option<u8>,
+    /// For an ICMP / ICMPv6 error (destination unreachable, packet too big, time
+    /// exceeded, parameter problem), the 5-tuple of the packet it quotes (RFC 792,
+    /// RFC 4443 §2.4(c)): the packet that caused the error, as its sender sent it.
+    /// `None` when the quote is too short to read (or not an error).
+    pub related: Option<FiveTuple>,
     /// Fragmentation state.
     pub fragment: Fragment,
     /// Offset of the IP header from the frame start, bytes.
@@ -184,6 +189,22 @@ fn internet_checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// True when an IPv4 header (a multiple of 4 bytes long) sums to 0xffff in one's
+/// complement (RFC 1071: summed here in 32-bit words, folded at the end, which gives the
+/// same result as 16-bit words, §2(B)).
+#[inline]
+fn ipv4_checksum_ok(h: &[u8]) -> bool {
+    let mut sum = 0u64;
+    for c in h.chunks_exact(4) {
+        sum += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+#[inline]
 fn parse_ipv4(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
     let ip = &frame[l3..];
     if ip.len() < 20 || ip[0] >> 4 != 4 {
@@ -194,7 +215,7 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
     if ihl < 20 || total < ihl || total > ip.len() {
         return Err(ParseError::BadIpv4Header);
     }
-    if internet_checksum(&ip[..ihl]) != 0 {
+    if !ipv4_checksum_ok(&ip[..ihl]) {
         return Err(ParseError::BadIpv4Checksum);
     }
     let id = be16(ip, 4) as u32;
@@ -219,6 +240,7 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
         tuple: t,
         tcp_flags: 0,
         icmp_type: None,
+        related: None,
         fragment,
         l3_offset: l3,
         l4_offset: None,
@@ -233,6 +255,7 @@ fn parse_ipv4(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
     Ok(p)
 }
 
+#[inline]
 fn parse_ipv6(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
     let ip = &frame[l3..];
     if ip.len() < 40 || ip[0] >> 4 != 6 {
@@ -320,6 +343,7 @@ fn parse_ipv6(frame: &[u8], l3: usize) -> Result<ParsedIp, ParseError> {
         tuple: t,
         tcp_flags: 0,
         icmp_type: None,
+        related: None,
         fragment,
         l3_offset: l3,
         l4_offset: None,
@@ -381,10 +405,87 @@ fn parse_l4(l4: &[u8], proto: u8, t: &mut FiveTuple, p: &mut ParsedIp) -> Result
                 t.sport = id;
                 t.dport = id;
             }
+            let is_error = if proto == IPPROTO_ICMP {
+                !t.ipv6 && matches!(ty, 3 | 11 | 12)
+            } else {
+                t.ipv6 && matches!(ty, 1..=4)
+            };
+            if is_error {
+                p.related = quoted_tuple(&l4[8..], t.ipv6);
+            }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The 5-tuple of the datagram quoted in an ICMP error: its IP header and at least the
+/// first 8 bytes of its payload (RFC 792; RFC 4443 §3 quotes as much as fits). IPv6
+/// quotes with extension headers are not walked (`None`). Checksums are not checked.
+fn quoted_tuple(q: &[u8], ipv6: bool) -> Option<FiveTuple> {
+    let (mut t, l4) = if ipv6 {
+        if q.len() < 40 || q[0] >> 4 != 6 {
+            return None;
+        }
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&q[8..24]);
+        dst.copy_from_slice(&q[24..40]);
+        let t = FiveTuple {
+            src,
+            dst,
+            sport: 0,
+            dport: 0,
+            proto: q[6],
+            ipv6: true,
+        };
+        (t, &q[40..])
+    } else {
+        if q.len() < 20 || q[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = (q[0] & 0x0f) as usize * 4;
+        if ihl < 20 || q.len() < ihl {
+            return None;
+        }
+        let t = FiveTuple {
+            src: mapped_v4([q[12], q[13], q[14], q[15]]),
+            dst: mapped_v4([q[16], q[17], q[18], q[19]]),
+            sport: 0,
+            dport: 0,
+            proto: q[9],
+            ipv6: false,
+        };
+        if be16(q, 6) & 0x1fff != 0 {
+            return Some(t); // a later fragment: no ports
+        }
+        (t, &q[ihl..])
+    };
+    match t.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            if l4.len() < 4 {
+                return None;
+            }
+            t.sport = be16(l4, 0);
+            t.dport = be16(l4, 2);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if l4.len() < 8 {
+                return None;
+            }
+            let has_id = if t.proto == IPPROTO_ICMP {
+                !t.ipv6 && icmp4_has_id(l4[0])
+            } else {
+                t.ipv6 && icmp6_has_id(l4[0])
+            };
+            if has_id {
+                t.sport = be16(l4, 4);
+                t.dport = t.sport;
+            }
+        }
+        _ => {}
+    }
+    Some(t)
 }
 
 /// Test and bench helpers: hand-built frames. Public so benches and other bricks' tests
@@ -563,6 +664,67 @@ mod tests {
                 ethertype: ETHERTYPE_ARP
             }
         );
+    }
+
+    #[test]
+    fn icmp_errors_carry_the_quoted_tuple() {
+        // Port unreachable from 10.0.0.2 about a UDP datagram 10.0.0.1:5000 -> 10.0.0.2:9.
+        let orig = frame(ip("10.0.0.1"), ip("10.0.0.2"), 17, 5000, 9, 0, 0, 4);
+        let mut err = frame(ip("10.0.0.2"), ip("10.0.0.1"), 1, 0, 0, 0, 3, 0);
+        err.extend_from_slice(&orig[14..14 + 28]);
+        let total = (err.len() - 14) as u16;
+        err[16..18].copy_from_slice(&total.to_be_bytes());
+        fix_ipv4_checksum(&mut err);
+        let Parsed::Ip(p) = parse_ethernet(&err).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.icmp_type, Some(3));
+        assert_eq!(
+            p.related,
+            Some(FiveTuple::new(ip("10.0.0.1"), ip("10.0.0.2"), 17, 5000, 9))
+        );
+        // Packet too big (ICMPv6 type 2) about TCP.
+        let orig = frame(ip("fd00::1"), ip("fd00::2"), 6, 4000, 443, TCP_ACK, 0, 0);
+        let mut err = frame(ip("fe80::9"), ip("fd00::1"), 58, 0, 0, 0, 2, 0);
+        err.extend_from_slice(&orig[14..]);
+        let plen = (err.len() - 54) as u16;
+        err[18..20].copy_from_slice(&plen.to_be_bytes());
+        let Parsed::Ip(p) = parse_ethernet(&err).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            p.related,
+            Some(FiveTuple::new(ip("fd00::1"), ip("fd00::2"), 6, 4000, 443))
+        );
+        // An echo request is not an error.
+        let Parsed::Ip(p) =
+            parse_ethernet(&frame(ip("1.1.1.1"), ip("2.2.2.2"), 1, 9, 0, 0, 8, 30)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(p.related, None);
+    }
+
+    #[test]
+    fn checksum_in_32_bit_words_agrees_with_rfc_1071() {
+        let mut s = 0x1234_5678u32;
+        for _ in 0..2000 {
+            let mut h = [0u8; 24];
+            for b in &mut h {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                *b = s as u8;
+            }
+            let n = if s & 1 == 0 { 20 } else { 24 };
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = internet_checksum(&h[..n]);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            assert!(ipv4_checksum_ok(&h[..n]));
+            assert_eq!(internet_checksum(&h[..n]), 0);
+            h[(s as usize >> 8) % n] ^= 0x10;
+            assert_eq!(ipv4_checksum_ok(&h[..n]), internet_checksum(&h[..n]) == 0);
+        }
     }
 
     #[test]

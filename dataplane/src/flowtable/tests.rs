@@ -47,7 +47,7 @@ fn packet(
     flags: u8,
 ) -> Result<FlowId, FlowTableError> {
     let (k, lo) = FlowKey::new(t, 7);
-    let h = k.hash64();
+    let h = ft.hash(&k);
     if let Some((id, dir)) = ft.lookup(&k, h, lo) {
         ft.touch(id, dir, len, flags);
         return Ok(id);

@@ -3,6 +3,7 @@
 //! the length once, so its accessors cannot panic afterwards.
 //!
 //! - [`vxlan`]: the VXLAN header (RFC 7348 §5).
+//! - [`control`]: the underlay control frames a VTEP sends (ARP, NDP, IGMPv2, MLDv2).
 //! - [`checksum`]: the Internet checksum (RFC 1071) and the IPv4/IPv6 pseudo-headers
 //!   used by UDP and ICMPv6.
 //!
@@ -11,6 +12,7 @@
 //! place with the offsets and constants of this module.
 
 pub mod checksum;
+pub mod control;
 pub mod vxlan;
 
 /// EtherType of IPv4 (IEEE 802 numbers).

@@ -6,6 +6,8 @@
 
 pub mod pcap;
 pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 
 use crate::brick::{Brick, Emit, Poles, Side};
 use crate::burst::Burst;
