@@ -478,8 +478,29 @@ impl Dataplane for GraphDataplane {
     }
 
     fn graph_dot(&self) -> String {
-        self.exec(|g: &mut Graph| g.to_dot())
-            .unwrap_or_else(|e| format!("digraph butterfly {{\n  label=\"{e}\";\n}}\n"))
+        self.exec(|g: &mut Graph| {
+            // The graph's dot, plus each brick's packet counters (per side, as the graph
+            // counts them) as an external label.
+            let dot = g.to_dot();
+            let body = dot.trim_end().strip_suffix('}').unwrap_or(&dot).to_string();
+            let mut out = body;
+            let mut names: Vec<String> = g.names().map(String::from).collect();
+            names.sort();
+            for n in names {
+                if let Ok(st) = g.stats(&n) {
+                    out.push_str(&format!(
+                        "  \"{n}\" [xlabel=\"W rx {} tx {} / E rx {} tx {}\"];\n",
+                        st.west.rx_packets,
+                        st.west.tx_packets,
+                        st.east.rx_packets,
+                        st.east.tx_packets
+                    ));
+                }
+            }
+            out.push_str("}\n");
+            out
+        })
+        .unwrap_or_else(|e| format!("digraph butterfly {{\n  label=\"{e}\";\n}}\n"))
     }
 
     fn shutdown(&self) {
@@ -611,6 +632,11 @@ mod tests {
         assert!(names(&dp).contains(&"switch-42".to_string()));
         let dot = dp.graph_dot();
         assert!(dot.contains("\"switch-42\" -> \"vtep\""), "{dot}");
+        assert!(dot.contains("\"vtep\" [xlabel=\"W rx 0 tx "), "{dot}");
+        assert!(
+            dot.ends_with("}\n") && dot.matches('}').count() == 1,
+            "{dot}"
+        );
         let vni_edges = dp
             .exec(|g: &mut Graph| {
                 let v = g.get::<Vtep>(VTEP).unwrap();
