@@ -204,6 +204,12 @@ struct Lab {
 
 impl Lab {
     fn new(tag: &str) -> Lab {
+        Lab::with_underlay(tag, ["10.99.0.1", "10.99.0.2"])
+    }
+
+    /// Two hosts whose underlay addresses (and VTEP IPs) are `ips` (IPv4 /24 or IPv6
+    /// /64, without DAD).
+    fn with_underlay(tag: &str, ips: [&str; 2]) -> Lab {
         prerequisites();
         let dir = TempDir::new(&format!("daemon-{tag}"));
         let h1 = Netns::new(&format!("bd{tag}h"));
@@ -212,11 +218,23 @@ impl Lab {
         underlay.move_a_to(&h1);
         underlay.move_b_to(&h2);
         let (ua, ub) = (underlay.a().to_string(), underlay.b().to_string());
-        let mut hosts = [(h1, ua, "10.99.0.1"), (h2, ub, "10.99.0.2")]
+        let mut hosts = [(h1, ua, ips[0]), (h2, ub, ips[1])]
             .into_iter()
             .enumerate()
             .map(|(i, (ns, nic, ip))| {
-                ns.addr(&nic, &format!("{ip}/24"));
+                if ip.contains(':') {
+                    ns.run_ok(&[
+                        "ip",
+                        "addr",
+                        "add",
+                        &format!("{ip}/64"),
+                        "dev",
+                        &nic,
+                        "nodad",
+                    ]);
+                } else {
+                    ns.addr(&nic, &format!("{ip}/24"));
+                }
                 ns.up(&nic);
                 let d = dir.join(&format!("host{}", i + 1));
                 std::fs::create_dir_all(&d).unwrap();
@@ -630,5 +648,24 @@ fn ipv6_guests_across_hosts_with_bypass_filtering() {
     assert!(
         lab.vms[b].ping("fd00:42::1", 3),
         "ping fd00:42::2 → fd00:42::1"
+    );
+}
+
+#[test]
+fn ipv6_underlay_carries_ipv4_guests() {
+    let mut lab = Lab::with_underlay("u", ["fd99::1", "fd99::2"]);
+    lab.web_sg();
+    let sg = ["--sg", "web", "--enable-antispoof"];
+    let a = lab.vm(0, 42, "10.0.42.1", &sg);
+    let b = lab.vm(1, 42, "10.0.42.2", &sg);
+    assert!(
+        lab.vms[a].reach("10.0.42.2"),
+        "a → b over the IPv6 underlay (flood group ff0e::2a)\nhost1:\n{}\nhost2:\n{}",
+        lab.hosts[0].log(),
+        lab.hosts[1].log()
+    );
+    assert!(
+        lab.vms[b].ping("10.0.42.1", 3),
+        "b → a over the IPv6 underlay"
     );
 }
