@@ -3,7 +3,8 @@
 //! guest per host on VNI 42 attached to a vhost-user server socket of its daemon
 //! (`butterfly nic add --type vhost-user-server`). The guests ping each other across the
 //! hosts; then host 2's daemon is killed with `kill -9` and restarted: the configuration
-//! is restored, QEMU reconnects (`reconnect-ms`) and the ping works again.
+//! is restored, QEMU reconnects (`reconnect-ms`) and the ping works again; then guest 2
+//! restarts (a new QEMU on the same socket) and the ping works again.
 //!
 //! Needs root, `qemu-system-x86_64` and the guest image of `cargo xtask guest`.
 
@@ -272,7 +273,7 @@ impl Drop for Guest {
 }
 
 #[test]
-fn qemu_guests_ping_across_hosts_and_reconnect_after_kill9() {
+fn qemu_guests_ping_across_hosts_reconnect_after_kill9_and_guest_restart() {
     require_root();
     require_tool("ip");
     require_tool("qemu-system-x86_64");
@@ -377,4 +378,12 @@ fn qemu_guests_ping_across_hosts_and_reconnect_after_kill9() {
     }
     hosts[1].start();
     guests[0].ping("10.0.42.2", 10);
+
+    // Guest restart: vm2's QEMU is killed and a new one attaches to the same socket.
+    drop(guests.pop());
+    let sock = hosts[1].dir.join("vm2.sock");
+    let mut g2 = Guest::start("vm2-again", &sock, "52:54:00:00:00:02", "10.0.42.2/24");
+    g2.wait_for("BF-IDLE", 0, Duration::from_secs(90));
+    g2.ping("10.0.42.1", 10);
+    guests[0].ping("10.0.42.2", 3);
 }
