@@ -669,3 +669,23 @@ fn ipv6_underlay_carries_ipv4_guests() {
         "b → a over the IPv6 underlay"
     );
 }
+
+#[test]
+fn static_flood_lists_replace_the_multicast_group() {
+    let mut lab = Lab::new("f");
+    lab.web_sg();
+    lab.hosts[0].cli(&["flood", "add", "42", "10.99.0.2"]);
+    lab.hosts[1].cli(&["flood", "add", "42", "10.99.0.1"]);
+    let sg = ["--sg", "web", "--enable-antispoof"];
+    let a = lab.vm(0, 42, "10.0.42.1", &sg);
+    let b = lab.vm(1, 42, "10.0.42.2", &sg);
+    assert!(
+        lab.vms[a].reach("10.0.42.2"),
+        "a → b with static flood lists\nhost1:\n{}",
+        lab.hosts[0].log()
+    );
+    assert!(
+        lab.vms[b].ping("10.0.42.1", 3),
+        "b → a with static flood lists"
+    );
+}

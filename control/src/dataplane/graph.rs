@@ -68,6 +68,9 @@ pub struct GraphDataplane {
     state: Mutex<State>,
     attached: AttachedMode,
     zerocopy: bool,
+    /// Take static flood remotes' MACs from the kernel (off in unit tests, which must
+    /// not send anything).
+    kernel_neighbours: bool,
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> DataplaneError {
@@ -87,6 +90,50 @@ fn interface_mac(ifname: &str) -> Result<[u8; 6], DataplaneError> {
         *m = u8::from_str_radix(p, 16).map_err(|e| failed(&path, e))?;
     }
     Ok(mac)
+}
+
+/// The MAC of IPv4 neighbour `ip` in the kernel's ARP table (`/proc/net/arp`), asking
+/// the kernel to resolve it first when it is not there: a zero-length UDP datagram to the
+/// remote's VXLAN port (which the remote VTEP drops as malformed) makes the kernel send
+/// an ARP request; the answer is waited for up to 500 ms. IPv6 remotes are left to the
+/// VTEP's own resolution (`None`).
+fn kernel_neighbour(ip: IpAddr) -> Option<[u8; 6]> {
+    let IpAddr::V4(v4) = ip else {
+        return None;
+    };
+    let lookup = || -> Option<[u8; 6]> {
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        table.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // IP address, HW type, Flags (0x2 = complete), HW address, Mask, Device
+            if f.len() < 4 || f[0] != v4.to_string() || f[2] == "0x0" {
+                return None;
+            }
+            let mut mac = [0u8; 6];
+            let parts: Vec<&str> = f[3].split(':').collect();
+            if parts.len() != 6 {
+                return None;
+            }
+            for (m, p) in mac.iter_mut().zip(parts) {
+                *m = u8::from_str_radix(p, 16).ok()?;
+            }
+            (mac != [0; 6]).then_some(mac)
+        })
+    };
+    if let Some(m) = lookup() {
+        return Some(m);
+    }
+    if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") {
+        let _ = sock.send_to(&[], (v4, packetgraph::wire::vxlan::VXLAN_PORT));
+    }
+    for _ in 0..25 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if let Some(m) = lookup() {
+            return Some(m);
+        }
+    }
+    tracing::warn!(%ip, "remote VTEP not resolved by the kernel yet; the VTEP will resolve it");
+    None
 }
 
 impl GraphDataplane {
@@ -157,6 +204,7 @@ impl GraphDataplane {
         attached: AttachedMode,
         zerocopy: bool,
     ) -> Result<GraphDataplane, DataplaneError> {
+        let steering_present = steering.is_some();
         let mut g = Graph::new("butterfly");
         let setup = (|| {
             g.add_boxed(UNDERLAY, underlay)?;
@@ -189,6 +237,7 @@ impl GraphDataplane {
             }),
             attached,
             zerocopy,
+            kernel_neighbours: steering_present,
         })
     }
 
@@ -431,6 +480,33 @@ impl GraphDataplane {
             }
         }
         st.groups = wanted;
+        // Remote VTEPs of static flood lists: the VTEP resolves them with ARP, but the
+        // replies go to the kernel (the XDP program steers only VXLAN), so their MACs
+        // are taken from the kernel's neighbour table.
+        let remotes: BTreeSet<IpAddr> = floods
+            .values()
+            .filter_map(|f| match f {
+                Flood::List(l) => Some(l.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let known: Vec<(IpAddr, [u8; 6])> = remotes
+            .into_iter()
+            .filter(|_| self.kernel_neighbours)
+            .filter_map(|ip| kernel_neighbour(ip).map(|m| (ip, m)))
+            .collect();
+        if !known.is_empty() {
+            let _ = self.exec(move |g: &mut Graph| {
+                if let Ok(v) = g.get_mut::<Vtep>(VTEP) {
+                    for (ip, mac) in known {
+                        if let Err(e) = v.set_neighbour(ip, mac) {
+                            tracing::warn!(%ip, error = %e, "VTEP neighbour");
+                        }
+                    }
+                }
+            });
+        }
         st.flood = floods;
         Ok(())
     }
