@@ -10,6 +10,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use butterfly::api::Api;
+use butterfly::dataplane::graph::{GraphDataplane, GraphSettings};
 use butterfly::dataplane::{Dataplane, Detached};
 use butterfly::persist::StateFile;
 use butterfly::server;
@@ -107,15 +108,33 @@ async fn run(settings: Settings) -> Result<(), String> {
         state_file = %settings.state_file.display(),
         "butterflyd starting"
     );
+    // The API endpoints first: a second daemon for the same socket stops here, before
+    // touching the interface of the first.
+    let listener = server::bind_unix(&settings.api_socket).map_err(|e| e.to_string())?;
+    let tcp = match &settings.api_tcp {
+        Some(t) => Some(server::bind_tls(t).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let dataplane: Arc<dyn Dataplane> = if settings.no_dataplane {
         tracing::warn!("API-only mode (--no-dataplane): nothing will be forwarded");
         Arc::new(Detached)
     } else {
-        return Err(format!(
-            "the packet dataplane ({:?} on {}) is not built into this version of butterflyd; \
-             run with --no-dataplane for API-only mode",
-            settings.nic_backend, settings.nic
-        ));
+        if settings.nic_backend != butterfly::settings::NicBackend::Afxdp {
+            return Err(format!(
+                "the {:?} NIC backend is not built into this version of butterflyd; \
+                 use --nic-backend afxdp (or --no-dataplane for API-only mode)",
+                settings.nic_backend
+            ));
+        }
+        let dp = GraphDataplane::start(GraphSettings {
+            nic: settings.nic.clone(),
+            vtep_ip: settings.ip,
+            xdp_mode: settings.xdp_mode,
+            worker_cpu: settings.worker_cpu,
+            frames: 8192,
+        })
+        .map_err(|e| format!("{e} (run with --no-dataplane for API-only mode)"))?;
+        Arc::new(dp)
     };
     let state = StateFile::new(&settings.state_file);
     let api = Api::start(settings.context(), state, dataplane).map_err(|e| e.to_string())?;
@@ -125,11 +144,6 @@ async fn run(settings: Settings) -> Result<(), String> {
         sgs = restored.sgs.len(),
         "configuration restored"
     );
-    let listener = server::bind_unix(&settings.api_socket).map_err(|e| e.to_string())?;
-    let tcp = match &settings.api_tcp {
-        Some(t) => Some(server::bind_tls(t).map_err(|e| e.to_string())?),
-        None => None,
-    };
     tracing::info!(socket = %settings.api_socket.display(), "API listening");
 
     // Shutdown: SIGTERM, SIGINT or the API's Shutdown call.

@@ -37,6 +37,7 @@
 
 use crate::model::{Config, DesiredChange};
 
+pub mod graph;
 pub mod topology;
 pub mod translate;
 

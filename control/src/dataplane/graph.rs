@@ -1,0 +1,831 @@
+//! The real [`Dataplane`]: one packetgraph [`Worker`] (optionally pinned to a CPU) owning
+//! the host graph of DESIGN.md.
+//!
+//! ```text
+//! vm-ID ─ [sniffer-ID] ─ antispoof-ID ─ firewall-ID ─┬─────────────── vtep ─ underlay
+//!                                                    └─ switch-VNI ─┘
+//! ```
+//!
+//! - `underlay`: a [`Nic`] brick on an AF_XDP socket bound to queue 0 of `--nic`, whose
+//!   UMEM is the graph's frame pool; the XDP steering program (crate `butterfly-ebpf`)
+//!   sends only VXLAN to our VTEP IP (or to a joined flood group) on the VXLAN port to the
+//!   socket, everything else to the kernel.
+//! - `vtep`: our `--ip`, the underlay interface's MAC; each VNI floods to its static list
+//!   or to its multicast group (joined in the XDP program too).
+//! - per NIC the chain of [`super::topology`], the settings of [`super::translate`].
+//!
+//! Every change is computed on the API thread (new bricks are created there, so a bad
+//! socket path or trace path fails before the graph is touched) and then carried out by
+//! one [`Worker::exec`] command between two polls: no lock on the packet path.
+//!
+//! Limits: one worker, one RX queue (queue 0) of the underlay interface.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use butterfly_ebpf::{AttachMode, AttachedMode, Steering, Variant};
+use butterfly_vhost::{Endpoint, Vhost};
+use packetgraph::bricks::firewall::{FirewallConfig, FirewallCounters};
+use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig, ZeroCopy};
+use packetgraph::bricks::{Antispoof, Firewall, Flood, Nic, Print, Switch, Tap, Vtep, VtepConfig};
+use packetgraph::{Brick, Clock, Graph, Pool, PoolConfig, Side, Worker, WorkerConfig};
+
+use super::topology::{Part, Step, Topology, UNDERLAY, VTEP};
+use super::{Dataplane, DataplaneError, NicCounters, translate};
+use crate::model::{Config, DesiredChange, NicType};
+use crate::settings::XdpMode;
+
+/// How to start a [`GraphDataplane`].
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    /// The underlay interface (AF_XDP on its queue 0).
+    pub nic: String,
+    /// Our VTEP address.
+    pub vtep_ip: IpAddr,
+    /// XDP attach mode.
+    pub xdp_mode: XdpMode,
+    /// CPU the worker is pinned to.
+    pub worker_cpu: Option<usize>,
+    /// Frames in the pool shared by the AF_XDP UMEM, the VTEP, the taps and vhost.
+    pub frames: u32,
+}
+
+struct State {
+    topo: Topology,
+    /// Flood destination per VNI currently set in the VTEP.
+    flood: BTreeMap<u32, Flood>,
+    /// Multicast groups joined in the steering program.
+    groups: BTreeSet<IpAddr>,
+}
+
+/// The host graph on one worker. See the module documentation.
+pub struct GraphDataplane {
+    settings: GraphSettings,
+    pool: Pool,
+    worker: Mutex<Option<Worker>>,
+    steering: Mutex<Option<Arc<Mutex<Steering>>>>,
+    state: Mutex<State>,
+    attached: AttachedMode,
+    zerocopy: bool,
+    /// Take static flood remotes' MACs from the kernel (off in unit tests, which must
+    /// not send anything).
+    kernel_neighbours: bool,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Failed(format!("{what}: {e}"))
+}
+
+fn interface_mac(ifname: &str) -> Result<[u8; 6], DataplaneError> {
+    let path = format!("/sys/class/net/{ifname}/address");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| failed(&format!("--nic {ifname}: reading {path}"), e))?;
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.trim().split(':').collect();
+    if parts.len() != 6 {
+        return Err(failed(&path, format!("not a MAC address: {text}")));
+    }
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|e| failed(&path, e))?;
+    }
+    Ok(mac)
+}
+
+/// The MAC of IPv4 neighbour `ip` in the kernel's ARP table (`/proc/net/arp`), asking
+/// the kernel to resolve it first when it is not there: a zero-length UDP datagram to the
+/// remote's VXLAN port (which the remote VTEP drops as malformed) makes the kernel send
+/// an ARP request; the answer is waited for up to 500 ms. IPv6 remotes are left to the
+/// VTEP's own resolution (`None`).
+fn kernel_neighbour(ip: IpAddr) -> Option<[u8; 6]> {
+    let IpAddr::V4(v4) = ip else {
+        return None;
+    };
+    let lookup = || -> Option<[u8; 6]> {
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        table.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // IP address, HW type, Flags (0x2 = complete), HW address, Mask, Device
+            if f.len() < 4 || f[0] != v4.to_string() || f[2] == "0x0" {
+                return None;
+            }
+            let mut mac = [0u8; 6];
+            let parts: Vec<&str> = f[3].split(':').collect();
+            if parts.len() != 6 {
+                return None;
+            }
+            for (m, p) in mac.iter_mut().zip(parts) {
+                *m = u8::from_str_radix(p, 16).ok()?;
+            }
+            (mac != [0; 6]).then_some(mac)
+        })
+    };
+    if let Some(m) = lookup() {
+        return Some(m);
+    }
+    if let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") {
+        let _ = sock.send_to(&[], (v4, packetgraph::wire::vxlan::VXLAN_PORT));
+    }
+    for _ in 0..25 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if let Some(m) = lookup() {
+            return Some(m);
+        }
+    }
+    tracing::warn!(%ip, "remote VTEP not resolved by the kernel yet; the VTEP will resolve it");
+    None
+}
+
+impl GraphDataplane {
+    /// Attaches the steering program to `settings.nic`, opens the AF_XDP socket, builds
+    /// the `underlay` and `vtep` bricks and starts the worker.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Failed`] naming the step (no such interface, XDP refused, no
+    /// CAP_NET_ADMIN/CAP_BPF, worker thread).
+    pub fn start(settings: GraphSettings) -> Result<GraphDataplane, DataplaneError> {
+        let pool = Pool::new(PoolConfig {
+            frame_count: settings.frames,
+            ..PoolConfig::default()
+        })
+        .map_err(|e| failed("frame pool", e))?;
+        let mac = interface_mac(&settings.nic)?;
+        let mut steering =
+            Steering::load(Variant::Linear).map_err(|e| failed("loading the XDP program", e))?;
+        steering
+            .set_vxlan_port(packetgraph::wire::vxlan::VXLAN_PORT)
+            .map_err(|e| failed("XDP program config", e))?;
+        steering
+            .add_vtep_addr(settings.vtep_ip)
+            .map_err(|e| failed("XDP program config", e))?;
+        let mode = match settings.xdp_mode {
+            XdpMode::Auto => AttachMode::Auto,
+            XdpMode::Native => AttachMode::Native,
+            XdpMode::Generic => AttachMode::Generic,
+        };
+        let attached = steering
+            .attach(&settings.nic, mode, true)
+            .map_err(|e| failed(&format!("attaching XDP to {}", settings.nic), e))?;
+        let steering = Arc::new(Mutex::new(steering));
+        let mut cfg = AfXdpConfig::new(&settings.nic, 0);
+        cfg.zero_copy = ZeroCopy::Auto;
+        let mut xsk = AfXdp::open(&cfg, &pool)
+            .map_err(|e| failed(&format!("AF_XDP socket on {}", settings.nic), e))?;
+        xsk.register(&steering)
+            .map_err(|e| failed("registering the AF_XDP socket", e))?;
+        let zerocopy = xsk.is_zerocopy();
+        let vtep = Vtep::new(pool.clone(), VtepConfig::new(settings.vtep_ip, mac))
+            .map_err(|e| failed("VTEP", e))?;
+        let dp = GraphDataplane::assemble(
+            settings,
+            pool,
+            Box::new(Nic::new(xsk)),
+            vtep,
+            Some(steering),
+            attached,
+            zerocopy,
+        )?;
+        tracing::info!(
+            nic = %dp.settings.nic,
+            mode = attached.as_str(),
+            zerocopy,
+            "AF_XDP dataplane started"
+        );
+        Ok(dp)
+    }
+
+    /// The graph `underlay ─ vtep` on a new worker.
+    fn assemble(
+        settings: GraphSettings,
+        pool: Pool,
+        underlay: Box<dyn Brick>,
+        vtep: Vtep,
+        steering: Option<Arc<Mutex<Steering>>>,
+        attached: AttachedMode,
+        zerocopy: bool,
+    ) -> Result<GraphDataplane, DataplaneError> {
+        let steering_present = steering.is_some();
+        let mut g = Graph::new("butterfly");
+        let setup = (|| {
+            g.add_boxed(UNDERLAY, underlay)?;
+            g.add(VTEP, vtep)?;
+            g.link(VTEP, UNDERLAY).map(|_| ())
+        })();
+        setup.map_err(|e| failed("host graph", e))?;
+        let worker = Worker::spawn(
+            g,
+            WorkerConfig {
+                name: "butterfly-worker".into(),
+                cpu: settings.worker_cpu,
+                ..WorkerConfig::default()
+            },
+        )
+        .map_err(|e| failed("worker", e))?;
+        let mut topo = Topology::default();
+        topo.parts.insert(UNDERLAY.into(), Part::Underlay);
+        topo.parts.insert(VTEP.into(), Part::Vtep);
+        topo.links.insert((VTEP.into(), UNDERLAY.into()));
+        Ok(GraphDataplane {
+            settings,
+            pool,
+            worker: Mutex::new(Some(worker)),
+            steering: Mutex::new(steering),
+            state: Mutex::new(State {
+                topo,
+                flood: BTreeMap::new(),
+                groups: BTreeSet::new(),
+            }),
+            attached,
+            zerocopy,
+            kernel_neighbours: steering_present,
+        })
+    }
+
+    fn exec<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Graph) -> R + Send + 'static,
+    ) -> Result<R, DataplaneError> {
+        let w = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        match w.as_ref() {
+            Some(w) => w.exec(f).map_err(|e| failed("worker", e)),
+            None => Err(DataplaneError::Unavailable(
+                "the dataplane is stopped".into(),
+            )),
+        }
+    }
+
+    /// Creates the brick of a new part (on the API thread).
+    fn make(&self, part: &Part, config: &Config) -> Result<Box<dyn Brick>, DataplaneError> {
+        let nic_of = |id: &str| {
+            config
+                .nics
+                .get(id)
+                .ok_or_else(|| failed("topology", format!("no NIC {id}")))
+        };
+        Ok(match part {
+            Part::Underlay | Part::Vtep => {
+                return Err(failed("topology", "underlay and vtep are never re-created"));
+            }
+            Part::Switch { .. } => Box::new(Switch::new()),
+            Part::Vm {
+                nic,
+                nic_type,
+                socket_path,
+            } => match nic_type {
+                NicType::Tap => Box::new(Tap::new(nic, self.pool.clone()).map_err(|e| {
+                    DataplaneError::Refused {
+                        field: "id".into(),
+                        reason: format!("cannot create tap interface '{nic}': {e}"),
+                    }
+                })?),
+                NicType::VhostUserServer | NicType::VhostUserClient => {
+                    let path = socket_path.clone().ok_or_else(|| DataplaneError::Refused {
+                        field: "socket_path".into(),
+                        reason: "a vhost-user NIC needs a socket path".into(),
+                    })?;
+                    if let Some(dir) = path.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    let ep = if *nic_type == NicType::VhostUserServer {
+                        Endpoint::Server(path.clone())
+                    } else {
+                        Endpoint::Client(path.clone())
+                    };
+                    Box::new(Vhost::new(ep, self.pool.clone()).map_err(|e| {
+                        DataplaneError::Refused {
+                            field: "socket_path".into(),
+                            reason: format!("{}: {e}", path.display()),
+                        }
+                    })?)
+                }
+            },
+            Part::Sniffer { nic } => {
+                let n = nic_of(nic)?;
+                let path = n
+                    .packet_trace_path
+                    .clone()
+                    .ok_or_else(|| DataplaneError::Refused {
+                        field: "packet_trace_path".into(),
+                        reason: "packet trace on without a path".into(),
+                    })?;
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                Box::new(
+                    Print::pcap_file(&path).map_err(|e| DataplaneError::Refused {
+                        field: "packet_trace_path".into(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            Part::Antispoof { nic } => {
+                Box::new(translate::antispoof(nic_of(nic)?).with_outside(Side::East))
+            }
+            Part::Firewall { nic } => {
+                let zone = config.nics.keys().position(|k| k == nic).unwrap_or(0) as u32;
+                Box::new(
+                    Firewall::new(
+                        FirewallConfig {
+                            vm_side: Side::West,
+                            zone,
+                            ..FirewallConfig::default()
+                        },
+                        Clock::monotonic(),
+                    )
+                    .map_err(|e| failed("firewall", e))?,
+                )
+            }
+        })
+    }
+
+    fn sync(&self, config: &Config) -> Result<(), DataplaneError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let next = Topology::of(config);
+        let steps = super::topology::plan(&st.topo, &next);
+        // New bricks first: a failure leaves the graph untouched.
+        let mut made: BTreeMap<String, Box<dyn Brick>> = BTreeMap::new();
+        for s in &steps {
+            if let Step::Add(p) = s {
+                made.insert(p.name(), self.make(p, config)?);
+            }
+        }
+        // Flood destination of every VNI; VNIs whose destination changed (but whose VTEP
+        // edge stays) are re-added with the new one.
+        let vtep_ip = self.settings.vtep_ip;
+        let floods: BTreeMap<u32, Flood> = next
+            .vni_ports
+            .keys()
+            .map(|&v| (v, translate::flood(v, config, vtep_ip)))
+            .collect();
+        let relinked: BTreeSet<u32> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Link { vni, .. } | Step::Unlink { vni, .. } => *vni,
+                _ => None,
+            })
+            .collect();
+        let reflood: Vec<(u32, Flood)> = floods
+            .iter()
+            .filter(|(v, f)| !relinked.contains(v) && st.flood.get(v) != Some(f))
+            .map(|(v, f)| (*v, f.clone()))
+            .collect();
+        // Settings of every NIC's firewall and antispoof (cheap; rules and addresses are
+        // replaced, flows stay).
+        struct NicSettings {
+            id: String,
+            groups: (
+                Vec<String>,
+                Vec<packetgraph::bricks::firewall::SecurityGroup>,
+            ),
+            addrs: Vec<IpAddr>,
+            antispoof: Antispoof,
+        }
+        let nics: Vec<NicSettings> = config
+            .nics
+            .values()
+            .filter(|n| !n.bypass_filtering)
+            .map(|n| NicSettings {
+                id: n.id.clone(),
+                groups: translate::firewall_groups(n, config),
+                addrs: n.ips.clone(),
+                antispoof: translate::antispoof(n),
+            })
+            .collect();
+        let floods2 = floods.clone();
+        let result = self.exec(move |g: &mut Graph| -> Result<(), String> {
+            let mut made = made;
+            for s in steps {
+                match s {
+                    Step::Unlink { west, east, vni } => {
+                        if let Some(v) = vni {
+                            g.get_mut::<Vtep>(VTEP)
+                                .map_err(|e| e.to_string())?
+                                .remove_vni(v)
+                                .map_err(|e| e.to_string())?;
+                        }
+                        g.unlink_edge(&west, &east).map_err(|e| e.to_string())?;
+                    }
+                    Step::Remove(n) => drop(g.remove(&n).map_err(|e| e.to_string())?),
+                    Step::Add(p) => {
+                        let name = p.name();
+                        let b = made.remove(&name).ok_or("brick not made")?;
+                        g.add_boxed(name, b).map_err(|e| e.to_string())?;
+                    }
+                    Step::Link { west, east, vni } => {
+                        let (_, edge) = g.link(&west, &east).map_err(|e| e.to_string())?;
+                        if let Some(v) = vni {
+                            let f = floods2.get(&v).cloned().unwrap_or(Flood::None);
+                            g.get_mut::<Vtep>(VTEP)
+                                .map_err(|e| e.to_string())?
+                                .add_vni(edge, v, f)
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
+                }
+            }
+            for (v, f) in reflood {
+                let vtep = g.get_mut::<Vtep>(VTEP).map_err(|e| e.to_string())?;
+                let edge = vtep.remove_vni(v).map_err(|e| e.to_string())?;
+                vtep.add_vni(edge, v, f).map_err(|e| e.to_string())?;
+            }
+            for n in nics {
+                let fw = g
+                    .get_mut::<Firewall>(&format!("firewall-{}", n.id))
+                    .map_err(|e| e.to_string())?;
+                let (ids, groups) = n.groups;
+                for sg in groups {
+                    fw.upsert_group(sg).map_err(|e| e.to_string())?;
+                }
+                fw.set_nic_groups(ids);
+                fw.set_nic_addresses(n.addrs);
+                let a = g
+                    .get_mut::<Antispoof>(&format!("antispoof-{}", n.id))
+                    .map_err(|e| e.to_string())?;
+                a.set_mac(n.antispoof.mac());
+                a.set_checks(n.antispoof.checks());
+                a.set_ipv4(n.antispoof.ipv4());
+                a.set_ipv6(n.antispoof.ipv6());
+            }
+            Ok(())
+        })?;
+        if let Err(e) = result {
+            // The graph may be half-changed: remember what it is now is unknown; rebuild
+            // from scratch on the next call is not possible without the bricks, so report.
+            tracing::error!(error = %e, "graph edit failed");
+            return Err(failed("graph edit", e));
+        }
+        st.topo = next;
+        // Steering: join the multicast groups of the VNIs flooding to one, leave others.
+        let wanted: BTreeSet<IpAddr> = floods
+            .values()
+            .filter_map(|f| match f {
+                Flood::Multicast(g) => Some(*g),
+                _ => None,
+            })
+            .collect();
+        if let Some(s) = self
+            .steering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            for g in wanted.difference(&st.groups) {
+                if let Err(e) = s.join_group(*g) {
+                    tracing::warn!(group = %g, error = %e, "XDP program: cannot join group");
+                }
+            }
+            for g in st.groups.difference(&wanted) {
+                let _ = s.leave_group(*g);
+            }
+        }
+        st.groups = wanted;
+        // Remote VTEPs of static flood lists: the VTEP resolves them with ARP, but the
+        // replies go to the kernel (the XDP program steers only VXLAN), so their MACs
+        // are taken from the kernel's neighbour table.
+        let remotes: BTreeSet<IpAddr> = floods
+            .values()
+            .filter_map(|f| match f {
+                Flood::List(l) => Some(l.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let known: Vec<(IpAddr, [u8; 6])> = remotes
+            .into_iter()
+            .filter(|_| self.kernel_neighbours)
+            .filter_map(|ip| kernel_neighbour(ip).map(|m| (ip, m)))
+            .collect();
+        if !known.is_empty() {
+            let _ = self.exec(move |g: &mut Graph| {
+                if let Ok(v) = g.get_mut::<Vtep>(VTEP) {
+                    for (ip, mac) in known {
+                        if let Err(e) = v.set_neighbour(ip, mac) {
+                            tracing::warn!(%ip, error = %e, "VTEP neighbour");
+                        }
+                    }
+                }
+            });
+        }
+        st.flood = floods;
+        Ok(())
+    }
+}
+
+impl Dataplane for GraphDataplane {
+    fn describe(&self) -> String {
+        format!(
+            "AF_XDP on {} ({}, {} mode), 1 worker{}",
+            self.settings.nic,
+            self.attached.as_str(),
+            if self.zerocopy { "zero-copy" } else { "copy" },
+            self.settings
+                .worker_cpu
+                .map(|c| format!(" pinned to CPU {c}"))
+                .unwrap_or_default()
+        )
+    }
+
+    fn apply(&self, changes: &[DesiredChange], config: &Config) -> Result<(), DataplaneError> {
+        tracing::debug!(changes = changes.len(), "applying");
+        self.sync(config)
+    }
+
+    fn reconcile(&self, config: &Config) -> Result<(), DataplaneError> {
+        self.sync(config)
+    }
+
+    fn nic_stats(&self, id: &str) -> Result<NicCounters, DataplaneError> {
+        let owned = id.to_string();
+        self.exec(move |g: &mut Graph| {
+            let id = owned;
+            let vm = g.stats(&format!("vm-{id}")).ok()?;
+            let fw: Option<FirewallCounters> = g
+                .get::<Firewall>(&format!("firewall-{id}"))
+                .ok()
+                .map(Firewall::stats);
+            let a = g
+                .get::<Antispoof>(&format!("antispoof-{id}"))
+                .ok()
+                .map(|a| *a.stats());
+            Some(translate::nic_counters(&vm, fw.as_ref(), a.as_ref()))
+        })?
+        .ok_or_else(|| DataplaneError::Unavailable(format!("NIC {id} is not in the graph")))
+    }
+
+    fn graph_dot(&self) -> String {
+        self.exec(|g: &mut Graph| {
+            // The graph's dot, plus each brick's packet counters (per side, as the graph
+            // counts them) as an external label.
+            let dot = g.to_dot();
+            let body = dot.trim_end().strip_suffix('}').unwrap_or(&dot).to_string();
+            let mut out = body;
+            let mut names: Vec<String> = g.names().map(String::from).collect();
+            names.sort();
+            for n in names {
+                if let Ok(st) = g.stats(&n) {
+                    out.push_str(&format!(
+                        "  \"{n}\" [xlabel=\"W rx {} tx {} / E rx {} tx {}\"];\n",
+                        st.west.rx_packets,
+                        st.west.tx_packets,
+                        st.east.rx_packets,
+                        st.east.tx_packets
+                    ));
+                }
+            }
+            out.push_str("}\n");
+            out
+        })
+        .unwrap_or_else(|e| format!("digraph butterfly {{\n  label=\"{e}\";\n}}\n"))
+    }
+
+    fn shutdown(&self) {
+        if let Some(w) = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            match w.stop() {
+                Ok(g) => drop(g),
+                Err(e) => tracing::warn!(error = %e, "worker stop"),
+            }
+        }
+        // Dropping the steering program detaches it from the interface.
+        self.steering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        tracing::info!("dataplane stopped: XDP detached, sockets closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Context, NicSpec, NicUpdate, Request, RuleSpec};
+    use packetgraph::bricks::Collect;
+    use std::path::PathBuf;
+
+    /// A dataplane whose underlay is a `Collect` sink (no XDP, no privileges).
+    fn dataplane() -> GraphDataplane {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 1024,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let vtep = Vtep::new(pool.clone(), VtepConfig::new(ip, [2, 0, 0, 0, 0, 1])).unwrap();
+        GraphDataplane::assemble(
+            GraphSettings {
+                nic: "test0".into(),
+                vtep_ip: ip,
+                xdp_mode: XdpMode::Auto,
+                worker_cpu: None,
+                frames: 1024,
+            },
+            pool,
+            Box::new(Collect::new()),
+            vtep,
+            None,
+            AttachedMode::Generic,
+            false,
+        )
+        .unwrap()
+    }
+
+    fn dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "bf-graph-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn ctx(d: &std::path::Path) -> Context {
+        Context {
+            vtep_ip: "192.0.2.1".parse().unwrap(),
+            vhost_socket_dir: d.join("vhost"),
+            trace_dir: d.to_path_buf(),
+        }
+    }
+
+    fn add(id: &str, vni: u32, n: u8, ip: &str) -> Request {
+        Request::NicAdd(NicSpec {
+            id: id.into(),
+            mac: format!("52:54:00:00:00:{n:02x}"),
+            vni,
+            ips: vec![ip.into()],
+            security_groups: vec!["web".into()],
+            ..NicSpec::default()
+        })
+    }
+
+    fn apply(dp: &GraphDataplane, c: &Config, d: &std::path::Path, reqs: &[Request]) -> Config {
+        let out = c.apply_all(reqs, false, &ctx(d)).unwrap();
+        dp.apply(&out.changes, &out.config).unwrap();
+        out.config
+    }
+
+    fn names(dp: &GraphDataplane) -> Vec<String> {
+        let mut v = dp
+            .exec(|g: &mut Graph| g.names().map(String::from).collect::<Vec<_>>())
+            .unwrap();
+        v.sort();
+        v
+    }
+
+    fn web() -> Vec<Request> {
+        vec![
+            Request::SgAdd { id: "web".into() },
+            Request::SgRuleAdd {
+                sg: "web".into(),
+                rule: RuleSpec {
+                    id: None,
+                    direction: crate::model::Direction::In,
+                    protocol: "icmp".into(),
+                    port_start: None,
+                    port_end: None,
+                    cidr: Some("0.0.0.0/0".into()),
+                    sg_members: None,
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn builds_the_chains_inserts_and_removes_the_switch() {
+        let dp = dataplane();
+        let d = dir();
+        let c = apply(&dp, &Config::default(), &d, &web());
+        let c = apply(&dp, &c, &d, &[add("a", 42, 1, "10.0.0.1")]);
+        assert_eq!(
+            names(&dp),
+            ["antispoof-a", "firewall-a", "underlay", "vm-a", "vtep"]
+        );
+        assert!(d.join("vhost/a.sock").exists(), "vhost-user socket of a");
+        let c = apply(&dp, &c, &d, &[add("b", 42, 2, "10.0.0.2")]);
+        assert!(names(&dp).contains(&"switch-42".to_string()));
+        let dot = dp.graph_dot();
+        assert!(dot.contains("\"switch-42\" -> \"vtep\""), "{dot}");
+        assert!(dot.contains("\"vtep\" [xlabel=\"W rx 0 tx "), "{dot}");
+        assert!(
+            dot.ends_with("}\n") && dot.matches('}').count() == 1,
+            "{dot}"
+        );
+        let vni_edges = dp
+            .exec(|g: &mut Graph| {
+                let v = g.get::<Vtep>(VTEP).unwrap();
+                (v.edge_of_vni(42), v.groups().to_vec())
+            })
+            .unwrap();
+        assert!(vni_edges.0.is_some(), "VNI 42 has a VTEP edge");
+        assert_eq!(
+            vni_edges.1.iter().map(|g| g.0).collect::<Vec<_>>(),
+            ["230.0.0.42".parse::<IpAddr>().unwrap()],
+            "VNI 42 floods to its multicast group"
+        );
+        // Firewall settings reached the brick.
+        let groups = dp
+            .exec(|g: &mut Graph| {
+                g.get::<Firewall>("firewall-b")
+                    .unwrap()
+                    .nic_groups()
+                    .to_vec()
+            })
+            .unwrap();
+        assert_eq!(groups, ["web"]);
+        let c = apply(&dp, &c, &d, &[Request::NicDel { id: "b".into() }]);
+        assert_eq!(
+            names(&dp),
+            ["antispoof-a", "firewall-a", "underlay", "vm-a", "vtep"]
+        );
+        assert!(dp.graph_dot().contains("\"firewall-a\" -> \"vtep\""));
+        // A static flood list replaces the multicast group.
+        apply(
+            &dp,
+            &c,
+            &d,
+            &[Request::FloodAdd {
+                vni: 42,
+                vtep: "192.0.2.7".into(),
+            }],
+        );
+        let groups = dp
+            .exec(|g: &mut Graph| g.get::<Vtep>(VTEP).unwrap().groups().len())
+            .unwrap();
+        assert_eq!(groups, 0, "group left when the flood list took over");
+        let st = dp.nic_stats("a").unwrap();
+        assert_eq!(st, NicCounters::default());
+        assert!(matches!(
+            dp.nic_stats("zz"),
+            Err(DataplaneError::Unavailable(_))
+        ));
+        dp.shutdown();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn bypass_and_trace_rebuild_the_chain_and_keep_the_vm_end() {
+        let dp = dataplane();
+        let d = dir();
+        let c = apply(&dp, &Config::default(), &d, &web());
+        let c = apply(&dp, &c, &d, &[add("a", 42, 1, "10.0.0.1")]);
+        apply(
+            &dp,
+            &c,
+            &d,
+            &[Request::NicUpdate(NicUpdate {
+                id: "a".into(),
+                bypass_filtering: Some(true),
+                packet_trace: Some(true),
+                ..NicUpdate::default()
+            })],
+        );
+        assert_eq!(names(&dp), ["sniffer-a", "underlay", "vm-a", "vtep"]);
+        assert!(d.join("a.pcap").exists(), "trace file created");
+        dp.shutdown();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_brick_that_cannot_be_created_changes_nothing() {
+        let dp = dataplane();
+        let d = dir();
+        let c = apply(&dp, &Config::default(), &d, &web());
+        let before = dp.graph_dot();
+        let bad = Request::NicAdd(NicSpec {
+            id: "a".into(),
+            mac: "52:54:00:00:00:01".into(),
+            vni: 42,
+            socket_path: Some("/proc/no-such-dir/a.sock".into()),
+            ..NicSpec::default()
+        });
+        let out = c.apply_all(&[bad], false, &ctx(&d)).unwrap();
+        let err = dp.apply(&out.changes, &out.config).unwrap_err();
+        assert!(
+            matches!(&err, DataplaneError::Refused { field, .. } if field == "socket_path"),
+            "{err}"
+        );
+        assert_eq!(dp.graph_dot(), before, "graph untouched");
+        // The dataplane still takes the next change.
+        apply(&dp, &c, &d, &[add("b", 42, 2, "10.0.0.2")]);
+        assert!(names(&dp).contains(&"vm-b".to_string()));
+        dp.shutdown();
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn describe_names_the_interface_and_mode() {
+        let dp = dataplane();
+        assert_eq!(
+            dp.describe(),
+            "AF_XDP on test0 (generic, copy mode), 1 worker"
+        );
+        dp.shutdown();
+        assert!(matches!(
+            dp.nic_stats("a"),
+            Err(DataplaneError::Unavailable(_))
+        ));
+    }
+}
