@@ -76,12 +76,14 @@ enum Command {
     /// Build the XDP programs (the butterfly-ebpf crate; its build.rs runs clang -target bpf).
     BuildEbpf,
 
-    /// Run the demo: deps, build, then a TAP ping through a packetgraph graph.
+    /// Run the demo: deps, build, then VMs on two hosts talking through butterflyd.
     ///
-    /// Two network namespaces, each holding one TAP device owned by a graph
-    /// `tap(a) — print — nop — tap(b)`; pings between the namespaces cross the graph.
-    /// Prints each step, the brick counters and the graph as Graphviz dot, tears
-    /// everything down, and exits non-zero when a step fails. Needs root.
+    /// Two hosts as network namespaces joined by a veth underlay, a `butterflyd` in each
+    /// (AF_XDP on the underlay), three QEMU guests on vhost-user (two on VNI 42 across the
+    /// hosts, one on VNI 7), configured with the `butterfly` CLI. Checks ping across hosts,
+    /// TCP/5000 allowed, TCP/6000 blocked, VNI isolation and a spoofed source dropped;
+    /// prints `status`, `nic stats` and the pcap trace path; tears everything down and
+    /// exits non-zero when a step fails. Needs root.
     Demo {
         /// Skip `deps`.
         #[arg(long)]

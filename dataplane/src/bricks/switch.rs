@@ -1395,7 +1395,10 @@ mod tests {
                 + c.drop_invalid_src
                 + c.drop_same_edge
         );
-        assert!(c.unicast > 0 && c.flooded > 0 && c.drop_link_local > 0, "{c:?}");
+        assert!(
+            c.unicast > 0 && c.flooded > 0 && c.drop_link_local > 0,
+            "{c:?}"
+        );
         assert_eq!(p.available(), 256);
     }
 

@@ -4,10 +4,10 @@
 //! The brick is a pollable monopole: a poll reads up to one burst from the backend and
 //! sends it to the graph; a burst from the graph is transmitted by the backend.
 
-pub mod pcap;
 pub mod afxdp;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod pcap;
 
 use crate::brick::{Brick, Emit, Poles, Side};
 use crate::burst::Burst;
