@@ -24,48 +24,15 @@
 //! only that graph for the rounds and prints no RESULT: for `valgrind --tool=callgrind`).
 //! Exits with status 1 when the measured rounds allocated or lost packets.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use packetgraph::bricks::{Nop, PacketGen};
 use packetgraph::{Brick, BrickError, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side};
 
-/// Heap allocations (alloc, alloc_zeroed, realloc) since the start of the process.
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-/// The system allocator, counting allocations.
-struct CountingAllocator;
-
-// SAFETY: every call is forwarded unchanged to `System`, which upholds the GlobalAlloc
-// contract; the counter has no effect on the memory returned.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's guarantees (non-zero size layout).
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by this allocator (i.e. by System) with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by this allocator (i.e. by System) with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+mod support;
 
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static GLOBAL: support::CountingAllocator = support::CountingAllocator;
 
 /// A monopole that drops every burst it receives (its frames go back to the pool at once)
 /// and counts the packets.
@@ -195,9 +162,9 @@ impl Case {
     }
 
     fn round(&mut self, d: Duration) {
-        let a0 = ALLOCATIONS.load(Ordering::Relaxed);
+        let a0 = support::allocations();
         let (n, wall) = self.spin(d, true);
-        let a1 = ALLOCATIONS.load(Ordering::Relaxed);
+        let a1 = support::allocations();
         self.allocations += a1 - a0;
         self.packets += n;
         self.wall += wall;

@@ -37,6 +37,8 @@ use packetgraph::flowtable::parse::{TCP_ACK, TCP_SYN};
 use packetgraph::flowtable::{FlowTableConfig, FullPolicy, IPPROTO_TCP};
 use packetgraph::{Brick, Burst, Clock, Emit, Pool, PoolConfig, Side};
 
+mod support;
+
 const VM: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 
 /// Byte offsets in an untagged Ethernet + IPv4 + TCP frame.
@@ -106,7 +108,7 @@ fn drive(
         b.push(pool.packet_from(template).unwrap()).unwrap();
         *burst = Some(b);
     }
-    let allocs0 = allocations();
+    let allocs0 = support::thread_allocations();
     let t0 = cpu_now();
     for _ in 0..bursts {
         let mut b = burst.take().unwrap_or_default();
@@ -130,7 +132,7 @@ fn drive(
         }
     }
     let d = cpu_now() - t0;
-    let allocs = allocations() - allocs0;
+    let allocs = support::thread_allocations() - allocs0;
     assert!(
         allocs == 0,
         "{allocs} heap allocations in {bursts} bursts: the packet path must not allocate"
@@ -138,37 +140,8 @@ fn drive(
     (d, passed)
 }
 
-/// Counts this thread's heap allocations, to check the packet path makes none.
-struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { std::alloc::System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { std::alloc::System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as ours.
-        unsafe { std::alloc::System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-fn allocations() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
+static GLOBAL: support::CountingAllocator = support::CountingAllocator;
 
 /// CPU time of this thread. The machine is shared (load often above the core count), so
 /// wall time would count time spent descheduled; the figures are per core of CPU time.

@@ -12,11 +12,9 @@
 //! allocator checks that the packet path makes no heap allocation (exit status 1 if it
 //! does).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
@@ -25,47 +23,16 @@ use packetgraph::{
     BURST_SIZE, Brick, BrickError, Burst, Emit, Graph, Packet, Poles, Pool, PoolConfig, Side,
 };
 
+mod support;
+
 const MACS: usize = 10_000;
 const OUT_EDGES: usize = 4;
 const FRAME_LEN: usize = 64;
 const VM_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
 const VM_IP: [u8; 4] = [10, 0, 0, 1];
 
-/// Heap allocations since the start of the process.
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-/// The system allocator, counting allocations (the packet path must make none).
-struct CountingAllocator;
-
-// SAFETY: every call is forwarded unchanged to `System`, which upholds the GlobalAlloc
-// contract; the counter has no effect on the memory returned.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by System with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by System with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAllocator = CountingAllocator;
+static GLOBAL: support::CountingAllocator = support::CountingAllocator;
 
 /// A sink that keeps the packets it receives so the driver can send them again.
 #[derive(Default)]
@@ -191,11 +158,11 @@ fn measure(c: &mut Criterion, name: &str, mut rig: Rig) -> Option<f64> {
     let mut s = samples.into_inner();
     s.sort_by(f64::total_cmp);
     let per_burst = *s.get(s.len() / 2)?;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = support::allocations();
     for _ in 0..1000 {
         rig.step();
     }
-    let allocs = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocs = support::allocations() - before;
     if allocs != 0 {
         eprintln!("{name}: {allocs} heap allocations in 64,000 packets (must be 0)");
         std::process::exit(1);

@@ -22,15 +22,15 @@
 //!
 //! Prints `RESULT <name>: <X> Mpps (ratio <R> vs nop)` lines.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
 use packetgraph::bricks::vtep::{Flood, Vtep, VtepConfig};
 use packetgraph::bricks::{Collect, Nop, PacketGen, Switch};
 use packetgraph::{Graph, Pool, PoolConfig, Side};
+
+mod support;
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -83,31 +83,8 @@ fn vtep(pool: &Pool, our: &str, mac: [u8; 6], peer: &str, peer_mac: [u8; 6]) -> 
     v
 }
 
-/// Counts heap allocations, to check that the measured loop (the hot path) makes none.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: support::CountingAllocator = support::CountingAllocator;
 
 /// CPU time consumed by this thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`). The figures
 /// are packets per second of CPU time of the one thread that runs the graph: on a
@@ -134,7 +111,7 @@ fn measure(g: &mut Graph, side: Side) -> f64 {
         }
     }
     let c0 = count(g);
-    let a0 = ALLOCS.load(Ordering::Relaxed);
+    let a0 = support::allocations();
     let t = thread_cpu();
     let mut el;
     loop {
@@ -146,7 +123,7 @@ fn measure(g: &mut Graph, side: Side) -> f64 {
             break;
         }
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - a0;
+    let allocs = support::allocations() - a0;
     assert_eq!(g.empty_bursts(), 0);
     assert_eq!(
         allocs,
