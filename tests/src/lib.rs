@@ -5,6 +5,7 @@
 //! says what is missing instead of skipping silently.
 
 pub mod netns;
+pub mod qemu;
 pub mod tmp;
 pub mod tshark;
 

@@ -8,12 +8,12 @@
 //!
 //! Needs root, `qemu-system-x86_64` and the guest image of `cargo xtask guest`.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use butterfly_tests::qemu::{Guest, guest_image};
 use butterfly_tests::{KillOnDrop, Netns, TempDir, Veth, require_root, require_tool, veth_pair};
 
 fn bin_dir() -> &'static Path {
@@ -37,24 +37,6 @@ fn bin_dir() -> &'static Path {
         );
         dir
     })
-}
-
-fn guest_image() -> (PathBuf, PathBuf) {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("guest");
-    let initrd = dir.join("initrd.gz");
-    for k in ["vmlinux", "vmlinuz"] {
-        let kernel = dir.join(k);
-        if kernel.exists() && initrd.exists() {
-            return (kernel, initrd);
-        }
-    }
-    panic!(
-        "guest image missing in {}: run cargo xtask guest",
-        dir.display()
-    );
 }
 
 struct Host {
@@ -137,141 +119,6 @@ impl Host {
 }
 
 /// A QEMU guest (TCG) on a serial console driven by the image's `/init` command loop.
-struct Guest {
-    name: String,
-    child: Child,
-    stdin: ChildStdin,
-    out: Arc<Mutex<String>>,
-    next_id: u32,
-}
-
-impl Guest {
-    fn start(name: &str, socket: &Path, mac: &str, ip: &str) -> Guest {
-        let (kernel, initrd) = guest_image();
-        let mut child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-nodefaults", "-display", "none"])
-            .args(["-serial", "stdio"])
-            .args(["-M", "q35,memory-backend=mem", "-m", "256"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-            .arg("-kernel")
-            .arg(&kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .arg("-append")
-            .arg(format!("console=ttyS0 quiet panic=-1 bf.ip={ip}"))
-            .args([
-                "-chardev",
-                &format!("socket,id=c0,path={},reconnect-ms=200", socket.display()),
-            ])
-            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,romfile=,netdev=n0,mac={mac}"),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu-system-x86_64");
-        let stdin = child.stdin.take().expect("stdin");
-        let out = Arc::new(Mutex::new(String::new()));
-        for mut pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let buf = out.clone();
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
-                }
-            });
-        }
-        Guest {
-            name: name.into(),
-            child,
-            stdin,
-            out,
-            next_id: 1,
-        }
-    }
-
-    fn output(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    fn wait_for(&mut self, needle: &str, from: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(i) = self
-                .out
-                .lock()
-                .unwrap()
-                .get(from..)
-                .and_then(|s| s.find(needle))
-            {
-                return from + i + needle.len();
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("guest {} exited ({st}):\n{}", self.name, self.output());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "guest {}: no {needle:?} within {timeout:?}:\n{}",
-                self.name,
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs `cmd` in the guest; returns (exit status, output).
-    fn run(&mut self, cmd: &str, timeout: Duration) -> (i32, String) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let start = self.out.lock().unwrap().len();
-        writeln!(self.stdin, "{id} {cmd}").expect("guest console");
-        self.stdin.flush().unwrap();
-        let end = self.wait_for(&format!("BF-DONE {id} "), start, timeout);
-        let o = self.output();
-        let status = o[end..]
-            .split_whitespace()
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(-1);
-        (status, o[start..end].to_string())
-    }
-
-    /// Pings `peer` until 3 answers in a row come back (ARP and FDB learning first),
-    /// at most `tries` rounds.
-    fn ping(&mut self, peer: &str, tries: u32) -> String {
-        let mut last = String::new();
-        for _ in 0..tries {
-            let (st, out) = self.run(
-                &format!("ping -c 3 -i 0.3 -W 2 {peer}"),
-                Duration::from_secs(30),
-            );
-            if st == 0 && out.contains("3 packets received") {
-                return out;
-            }
-            last = out;
-        }
-        panic!("guest {} cannot ping {peer}:\n{last}", self.name);
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn qemu_guests_ping_across_hosts_reconnect_after_kill9_and_guest_restart() {
     require_root();

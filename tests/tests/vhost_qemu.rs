@@ -6,34 +6,15 @@
 //! Needs root, `qemu-system-x86_64` (QEMU 10 from bookworm-backports) and the guest image
 //! built by `cargo xtask guest` under `target/guest/`.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use butterfly_tests::qemu::{Guest, guest_image};
 use butterfly_vhost::{Endpoint, Vhost};
 use packetgraph::bricks::Hub;
 use packetgraph::{Graph, Pool, PoolConfig, Worker, WorkerConfig};
-
-/// The guest kernel and initramfs from `cargo xtask guest`.
-fn guest_image() -> (PathBuf, PathBuf) {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("guest");
-    let initrd = dir.join("initrd.gz");
-    for k in ["vmlinux", "vmlinuz"] {
-        let kernel = dir.join(k);
-        if kernel.exists() && initrd.exists() {
-            return (kernel, initrd);
-        }
-    }
-    panic!(
-        "guest image missing in {}: run cargo xtask guest",
-        dir.display()
-    );
-}
 
 fn require_qemu() {
     assert!(
@@ -49,142 +30,13 @@ fn require_qemu() {
     );
 }
 
-/// A guest on a serial console: its output is collected; commands go to its `/init`
-/// command loop (`<id> <shell command>` → output, then `BF-DONE <id> <status>`).
-struct Guest {
-    name: String,
-    child: Child,
-    stdin: ChildStdin,
-    out: Arc<Mutex<String>>,
-    next_id: u32,
-}
-
-impl Guest {
-    /// `args`: extra kernel command line for `/init` (`bf.peers=... bf.test=...`).
-    fn start(name: &str, netdev_chardev: &str, mac: &str, ip: &str, args: &str) -> Guest {
-        let (kernel, initrd) = guest_image();
-        let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel",
-                "tcg",
-                "-nodefaults",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-            ])
-            .args(["-M", "q35,memory-backend=mem", "-m", "256"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-            .arg("-kernel")
-            .arg(&kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .arg("-append")
-            .arg(format!("console=ttyS0 quiet panic=-1 bf.ip={ip} {args}"))
-            .args(["-chardev", netdev_chardev])
-            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,romfile=,netdev=n0,mac={mac}"),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("qemu-system-x86_64");
-        let stdin = child.stdin.take().expect("stdin");
-        let out = Arc::new(Mutex::new(String::new()));
-        for mut pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let buf = out.clone();
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
-                }
-            });
-        }
-        Guest {
-            name: name.into(),
-            child,
-            stdin,
-            out,
-            next_id: 1,
-        }
-    }
-
-    fn output(&self) -> String {
-        self.out.lock().unwrap().clone()
-    }
-
-    /// Waits until `needle` appears after byte `from` of the console output; returns the
-    /// offset just past it.
-    fn wait_for(&mut self, needle: &str, from: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let o = self.out.lock().unwrap();
-                if let Some(i) = o.get(from..).and_then(|s| s.find(needle)) {
-                    return from + i + needle.len();
-                }
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "guest {} exited ({st}) while waiting for {needle:?}:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "guest {}: no {needle:?} within {timeout:?}; console:\n{}",
-                self.name,
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs `cmd` in the guest; returns (exit status, output).
-    fn run(&mut self, cmd: &str, timeout: Duration) -> (i32, String) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let start = self.out.lock().unwrap().len();
-        writeln!(self.stdin, "{id} {cmd}").expect("guest console");
-        self.stdin.flush().unwrap();
-        let marker = format!("BF-DONE {id} ");
-        let end = self.wait_for(&marker, start, timeout);
-        let o = self.output();
-        let status: i32 = o[end..]
-            .split_whitespace()
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(-1);
-        (status, o[start..end].to_string())
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn ping(g: &mut Guest, peer: &str) {
     let (st, out) = g.run(&format!("ping -c 3 -W 5 {peer}"), Duration::from_secs(60));
     assert_eq!(
         st,
         0,
         "ping from {} to {peer} failed:\n{out}\nconsole:\n{}",
-        g.name,
+        g.name(),
         g.output()
     );
     assert!(
@@ -241,7 +93,7 @@ impl TwoGuests {
         let sock_b = dir.join("b.sock");
 
         // Guest B's QEMU serves its socket; start it first so Butterfly can connect.
-        let b = Guest::start(
+        let b = Guest::boot(
             "b",
             &format!("socket,id=c0,path={},server=on,wait=off", sock_b.display()),
             "52:54:00:00:00:0b",
@@ -279,7 +131,7 @@ impl TwoGuests {
         g.link("vm-b", "hub").unwrap();
         let worker = Worker::spawn(g, WorkerConfig::default()).unwrap();
 
-        let mut a = Guest::start(
+        let mut a = Guest::boot(
             "a",
             &format!("socket,id=c0,path={}{a_chardev_extra}", sock_a.display()),
             "52:54:00:00:00:0a",
@@ -355,8 +207,7 @@ fn vhost_qemu_two_guests_ping_tcp_reboot() {
 
     // Reboot A (virtio reset, vrings stopped and set up again), then ping again.
     let mark = a.output().len();
-    writeln!(a.stdin, "99 reboot -f").unwrap();
-    a.stdin.flush().unwrap();
+    a.send_line("99 reboot -f");
     let ready = a.wait_for("BF-IDLE", mark, Duration::from_secs(90));
     // The ping /init runs from the kernel command line at boot went through.
     let boot = a.output()[mark..ready].to_string();
@@ -445,7 +296,7 @@ fn vhost_qemu_backend_restart_and_qemu_restart_resume_traffic() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut a = Guest::start(
+    let mut a = Guest::boot(
         "a2",
         &format!("socket,id=c0,path={},reconnect-ms=200", sock_a.display()),
         "52:54:00:00:00:0a",
