@@ -1,0 +1,711 @@
+//! `cargo xtask bench e2e` (privileged): butterflyd end to end against the kernel's own
+//! path for the same traffic, on one host, in the same run.
+//!
+//! # What is measured
+//! 64-byte inner frames (Ethernet + IPv4 + UDP 10.0.42.2:5001 ↔ 10.0.42.1:5000, one
+//! flow), VNI 42, VXLAN over an IPv4 veth underlay (10.88.0.2 ↔ 10.88.0.1).
+//!
+//! - `e2e.vxlan_to_vm`: an XDP load generator on the underlay peer veth sends VXLAN into
+//!   butterflyd's underlay veth: XDP steering → AF_XDP (copy mode: veth) → VTEP (decap)
+//!   → switch-42 (the VNI has a second, idle vhost-user NIC, so the switch is on the
+//!   path) → firewall (security group allowing UDP/5000 in; the flow is established by a
+//!   warm-up before the window) → antispoof (MAC and IP checks on) → vhost-user →
+//!   DPDK testpmd `net_virtio_user` in rxonly mode, standing in for the VM. Counted by
+//!   testpmd (`Rx-pps`).
+//! - `e2e.vm_to_vxlan`: testpmd txonly on `net_virtio_user` (the NIC's own MAC and IP as
+//!   source, so antispoof lets it through) → vhost → antispoof → firewall (the same
+//!   flow) → switch → VTEP (encap, unicast to the remote learned in the warm-up) →
+//!   AF_XDP TX → the peer veth, where an XDP sink counts and drops VXLAN to 10.88.0.2,
+//!   UDP 4789, VNI 42 (anything else is counted apart and passed).
+//! - The kernel's path, same frames, same flow, same window: `e2e.kernel_vxlan_to_vm`:
+//!   generator → underlay veth → `vxlan` device (VNI 42) → bridge → br_netfilter with
+//!   nftables conntrack (inet forward chain: `ct state established accept`, UDP/5000 in
+//!   and the VM's own address out for new flows, policy drop) and bridge-family antispoof
+//!   rules (source MAC and IP of the VM port) → veth into the VM's namespace, counted by
+//!   an XDP sink matching UDP to 10.0.42.1:5000. `e2e.kernel_vm_to_vxlan`: the generator
+//!   on the VM's veth pushes the reverse frames into the bridge port → bridge → nftables
+//!   → vxlan → underlay veth → the same VXLAN sink as Butterfly's.
+//!
+//! Each figure is a counter delta over a 3 s window after a 1 s warm-up: testpmd's
+//! per-second `Rx-pps` for `vxlan_to_vm`, the XDP sinks' `matched` counts otherwise. The
+//! bench also reads butterflyd's `nic stats` (firewall and antispoof drops, frames to
+//! and from the VM, the idle NIC's frames: the switch must not flood) and the nftables
+//! rule counters (the kernel's frames went through conntrack as established), prints
+//! them, and fails when they show the wrong packets were counted.
+//!
+//! # CPU placement (2 CPUs)
+//! CPU 1 is the device under test; CPU 0 makes and takes the traffic.
+//! - Butterfly: the worker is pinned to CPU 1 (`--worker-cpu 1`, busy polling). The
+//!   generator thread and testpmd (both lcores) are pinned to CPU 0. veth runs the
+//!   receiving end's NAPI on the sending CPU, so the XDP steering program and the copy
+//!   into the UMEM run on CPU 0 (as a NIC's DMA would); AF_XDP TX runs in the worker's
+//!   `sendto` on CPU 1.
+//! - Kernel: the generator is pinned to CPU 0, where veth's NAPI turns the frames into
+//!   skbs (GRO on, as the kernel needs NAPI to take XDP_TX frames); RPS on the receiving
+//!   veth (`rps_cpus` = CPU 1) moves everything after that — vxlan, bridge, netfilter,
+//!   conntrack, the transmit into the next veth — to CPU 1, one core.
+//! - Both: the veths carrying the XDP sinks run threaded NAPI pinned to CPU 0, so
+//!   counting costs neither DUT anything.
+//!
+//! The kernel's CPU 1 load during its windows is printed (from `/proc/stat`): near 100%
+//! means the kernel figure is CPU-bound on one core, not limited by the generator.
+//!
+//! Needs root (netns, XDP, BPF), `ip`, `nft`, `ethtool`, `stdbuf` and `dpdk-testpmd`
+//! (apt `dpdk`); builds butterflyd in release mode if needed. Fails with a message when
+//! something is missing. Namespaces, daemons, testpmd and XDP programs are removed on
+//! exit, also on failure.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use butterfly_ebpf::{LoadGen, SinkCounts, SinkMatch, VXLAN_PORT};
+use butterfly_tests::daemon::Daemon;
+use butterfly_tests::testpmd::Testpmd;
+use butterfly_tests::xdpgen::{Generator, install_stop_signal};
+use butterfly_tests::{Netns, TempDir, require_root, require_tool};
+
+const GEN_CPU: usize = 0;
+const DUT_CPU: usize = 1;
+const WARMUP: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(3);
+/// How long testpmd and the first frames may take on a loaded machine.
+const START: Duration = Duration::from_secs(60);
+
+const VNI: u32 = 42;
+const FRAME_LEN: usize = 64;
+/// Underlay: the generator's end (the remote VTEP) and the device under test's end.
+const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0x88, 0, 0x02];
+const GEN_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
+const DUT_MAC: [u8; 6] = [0x02, 0, 0, 0x88, 0, 0x01];
+const DUT_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+/// The VM (testpmd's port, or the kernel VM namespace's veth).
+const VM_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x01];
+const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 42, 1);
+const VM_PORT: u16 = 5000;
+/// The remote end of the flow, behind the remote VTEP.
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x42, 0x02];
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 42, 2);
+const PEER_PORT: u16 = 5001;
+/// The idle second NIC of the VNI (puts the switch on the path).
+const IDLE_MAC: &str = "52:54:00:00:00:09";
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The 64-byte inner frame: Ethernet, IPv4, UDP and a zero payload.
+fn inner_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src.0.octets(), dst.0.octets(), 64)
+        .udp(src.1, dst.1)
+        .write(&mut f, &[0u8; FRAME_LEN - 42])
+        .expect("building the inner frame");
+    assert_eq!(f.len(), FRAME_LEN);
+    f
+}
+
+/// Remote → VM inner frame.
+fn to_vm() -> Vec<u8> {
+    inner_frame(PEER_MAC, VM_MAC, (PEER_IP, PEER_PORT), (VM_IP, VM_PORT))
+}
+
+/// VM → remote inner frame (what testpmd txonly sends).
+fn from_vm() -> Vec<u8> {
+    inner_frame(VM_MAC, PEER_MAC, (VM_IP, VM_PORT), (PEER_IP, PEER_PORT))
+}
+
+/// `inner` in VXLAN (RFC 7348 §5: UDP checksum 0, VNI 42, I flag) from the remote VTEP
+/// to the device under test.
+fn vxlan_frame(inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(VNI << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(GEN_MAC, DUT_MAC)
+        .ipv4(GEN_IP.octets(), DUT_IP.octets(), 64)
+        .udp(49200, VXLAN_PORT)
+        .write(&mut f, &payload)
+        .expect("building the VXLAN frame");
+    // The kernel accepts a zero outer UDP checksum over IPv4 (RFC 7348 §5); so does the
+    // VTEP. Zero it so both paths see the same bytes and skip the same work.
+    f[40..42].copy_from_slice(&[0, 0]);
+    f
+}
+
+/// A veth pair created directly inside namespaces: `a` in `ns_a`, `b` in `ns_b` (short
+/// fixed names; the namespaces are ours and unique). Goes away with the namespaces.
+fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) {
+    ns_a.run_ok(&[
+        "ip",
+        "link",
+        "add",
+        a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        ns_b.name(),
+    ]);
+}
+
+fn setup_if(ns: &Netns, dev: &str, mac: [u8; 6], cidr: &str) {
+    ns.run_ok(&["ip", "link", "set", dev, "address", &mac_str(mac)]);
+    ns.addr(dev, cidr);
+    ns.up(dev);
+}
+
+/// Attaches a matching XDP sink to `dev` in `ns` and moves that veth's NAPI to a thread
+/// pinned to the generator's CPU.
+fn sink(ns: &Netns, dev: &str, m: SinkMatch) -> LoadGen {
+    let mut lg = LoadGen::load().unwrap_or_else(|e| panic!("loading the XDP sink: {e}"));
+    ns.within(|| lg.attach_match_sink(dev, m))
+        .unwrap_or_else(|e| panic!("attaching the XDP sink to {dev}: {e}"));
+    napi_on_cpu(ns, dev, GEN_CPU);
+    lg
+}
+
+/// Threaded NAPI for `dev`, its kernel thread(s) (`napi/DEV-ID`) pinned to `cpu`.
+fn napi_on_cpu(ns: &Netns, dev: &str, cpu: usize) {
+    ns.exec(&format!("echo 1 > /sys/class/net/{dev}/threaded"));
+    let want = format!("napi/{dev}-");
+    let mut pinned = 0;
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        // comm is cut at 15 characters: compare what is left.
+        if comm.len() >= 6 && want.starts_with(comm) || comm.starts_with(&want) {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if butterfly_tests::run(&["taskset", "-pc", &cpu.to_string(), &pid])
+                .status
+                .success()
+            {
+                pinned += 1;
+            }
+        }
+    }
+    assert!(pinned > 0, "no NAPI thread for {dev} to pin to CPU {cpu}");
+}
+
+/// RPS: the receive processing of `dev`'s queues goes to `cpu`.
+fn rps(ns: &Netns, dev: &str, cpu: usize) {
+    let mask = format!("{:x}", 1u64 << cpu);
+    let out = ns.exec(&format!(
+        "for q in /sys/class/net/{dev}/queues/rx-*; do echo {mask} > $q/rps_cpus || exit 1; done"
+    ));
+    assert!(
+        out.status.success(),
+        "RPS on {dev}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Busy and total jiffies of `cpu` from /proc/stat.
+fn cpu_times(cpu: usize) -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let key = format!("cpu{cpu} ");
+    let v: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with(&key))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// A rate measured over the window, plus the CPU 1 load during it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Rate {
+    mpps: f64,
+    dut_load: f64,
+}
+
+/// Sleeps the warm-up, then measures `count` over the window.
+fn measure(count: &dyn Fn() -> u64) -> Rate {
+    std::thread::sleep(WARMUP);
+    let (c0, t0, l0) = (count(), Instant::now(), cpu_times(DUT_CPU));
+    std::thread::sleep(WINDOW);
+    let (c1, t1, l1) = (count(), Instant::now(), cpu_times(DUT_CPU));
+    let load = if l1.1 > l0.1 {
+        (l1.0 - l0.0) as f64 / (l1.1 - l0.1) as f64
+    } else {
+        0.0
+    };
+    Rate {
+        mpps: c1.saturating_sub(c0) as f64 / (t1 - t0).as_secs_f64() / 1e6,
+        dut_load: load,
+    }
+}
+
+/// Waits until `count` grows (the first frames got through).
+fn wait_flowing(what: &str, count: &dyn Fn() -> u64, diag: &dyn Fn() -> String) {
+    let c0 = count();
+    let t0 = Instant::now();
+    while count() == c0 {
+        if t0.elapsed() > START {
+            panic!("{what}: no frame counted after {START:?}\n{}", diag());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn vxlan_sink_match() -> SinkMatch {
+    SinkMatch {
+        udp_port: VXLAN_PORT,
+        dst: Some(GEN_IP),
+        vni: Some(VNI),
+    }
+}
+
+/// Checks that what a sink counted in a window is what was sent: `other` frames (passed
+/// to the kernel: not VXLAN to the right place) stay below 1% of the matched ones.
+fn check_sink(what: &str, before: SinkCounts, after: SinkCounts) {
+    let matched = after.matched - before.matched;
+    let other = after.other - before.other;
+    println!("e2e: {what}: sink matched {matched}, other {other}");
+    assert!(matched > 0, "{what}: the sink matched nothing");
+    assert!(
+        other * 100 <= matched,
+        "{what}: {other} frames of the wrong kind reached the sink (vs {matched} right ones)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The kernel's path.
+
+/// Kernel results.
+struct KernelRun {
+    to_vm: Rate,
+    from_vm: Rate,
+}
+
+fn kernel() -> KernelRun {
+    let gen_ns = Netns::new("e2ekg");
+    let host = Netns::new("e2ekh");
+    let vm = Netns::new("e2ekv");
+    for ns in [&gen_ns, &host, &vm] {
+        ns.disable_ipv6();
+    }
+    veth(&gen_ns, "kgen", &host, "kund");
+    veth(&vm, "kvm1", &host, "kvm0");
+    setup_if(&gen_ns, "kgen", GEN_MAC, &format!("{GEN_IP}/24"));
+    setup_if(&host, "kund", DUT_MAC, &format!("{DUT_IP}/24"));
+    setup_if(&vm, "kvm1", VM_MAC, &format!("{VM_IP}/24"));
+    host.run_ok(&[
+        "ip",
+        "link",
+        "add",
+        "vx42",
+        "type",
+        "vxlan",
+        "id",
+        &VNI.to_string(),
+        "local",
+        &DUT_IP.to_string(),
+        "remote",
+        &GEN_IP.to_string(),
+        "dstport",
+        &VXLAN_PORT.to_string(),
+        "dev",
+        "kund",
+    ]);
+    host.run_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
+    for dev in ["vx42", "kvm0"] {
+        host.run_ok(&["ip", "link", "set", dev, "master", "br0"]);
+        host.up(dev);
+    }
+    host.up("br0");
+    host.sysctl("net.bridge.bridge-nf-call-iptables=1");
+    // veth takes frames sent by XDP_TX only with NAPI on: GRO on (the default for a NIC).
+    for dev in ["kund", "kvm0"] {
+        host.run_ok(&["ethtool", "-K", dev, "gro", "on"]);
+        rps(&host, dev, DUT_CPU);
+    }
+    let vm_mac = mac_str(VM_MAC);
+    let rules = format!(
+        "table inet e2e {{
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related counter accept
+    ip daddr {VM_IP} udp dport {VM_PORT} ct state new counter accept
+    ip saddr {VM_IP} ct state new counter accept
+  }}
+}}
+table bridge e2e_antispoof {{
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname \"kvm0\" ether saddr != {vm_mac} counter drop
+    iifname \"kvm0\" ip saddr != {VM_IP} counter drop
+  }}
+}}
+"
+    );
+    let out = host.exec(&format!("nft -f - <<'EOF'\n{rules}EOF"));
+    assert!(
+        out.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let under_sink = sink(&gen_ns, "kgen", vxlan_sink_match());
+    let vm_sink = sink(
+        &vm,
+        "kvm1",
+        SinkMatch {
+            udp_port: VM_PORT,
+            dst: Some(VM_IP),
+            vni: None,
+        },
+    );
+    let established = || -> u64 {
+        let r = host.run_ok(&["nft", "list", "chain", "inet", "e2e", "forward"]);
+        r.lines()
+            .find(|l| l.contains("established"))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let diag = || host.run_ok(&["nft", "list", "ruleset"]);
+
+    // Warm-up: the bridge and vxlan learn the remote, conntrack sees the flow.
+    let g = Generator::start(Some(&gen_ns), "kgen", vxlan_frame(&to_vm()), GEN_CPU);
+    let vm_count = || vm_sink.match_counts().map_or(0, |c| c.matched);
+    wait_flowing("kernel vxlan → VM (warm-up)", &vm_count, &diag);
+    g.stop().expect("generator");
+
+    // VM → VXLAN first: conntrack then has seen both directions (established).
+    let before = under_sink.match_counts().unwrap();
+    let g = Generator::start(Some(&vm), "kvm1", from_vm(), GEN_CPU);
+    let under_count = || under_sink.match_counts().map_or(0, |c| c.matched);
+    wait_flowing("kernel VM → vxlan", &under_count, &diag);
+    let e0 = established();
+    let from_vm_rate = measure(&under_count);
+    let e1 = established();
+    g.stop().expect("generator");
+    check_sink(
+        "kernel VM → vxlan",
+        before,
+        under_sink.match_counts().unwrap(),
+    );
+    println!(
+        "e2e: kernel VM → vxlan: {:.3} Mpps, CPU {DUT_CPU} busy {:.0}%, conntrack established \
+         +{}",
+        from_vm_rate.mpps,
+        from_vm_rate.dut_load * 100.0,
+        e1 - e0
+    );
+
+    let before = vm_sink.match_counts().unwrap();
+    let g = Generator::start(Some(&gen_ns), "kgen", vxlan_frame(&to_vm()), GEN_CPU);
+    wait_flowing("kernel vxlan → VM", &vm_count, &diag);
+    let e0 = established();
+    let to_vm_rate = measure(&vm_count);
+    let e1 = established();
+    g.stop().expect("generator");
+    check_sink("kernel vxlan → VM", before, vm_sink.match_counts().unwrap());
+    println!(
+        "e2e: kernel vxlan → VM: {:.3} Mpps, CPU {DUT_CPU} busy {:.0}%, conntrack established \
+         +{}; kund rx_dropped {}",
+        to_vm_rate.mpps,
+        to_vm_rate.dut_load * 100.0,
+        e1 - e0,
+        host.link_stat("kund", "rx_dropped")
+    );
+    // Every measured frame went through conntrack as established.
+    assert!(
+        e1 - e0 > 0,
+        "the kernel's frames did not hit the established rule:\n{}",
+        diag()
+    );
+    KernelRun {
+        to_vm: to_vm_rate,
+        from_vm: from_vm_rate,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Butterfly's path.
+
+struct ButterflyRun {
+    to_vm: Rate,
+    from_vm: Rate,
+}
+
+/// The counters of butterflyd that tell whether the right frames went the right way.
+#[derive(Debug, Clone, Copy, Default)]
+struct Nics {
+    to_vm: u64,
+    from_vm: u64,
+    dropped: u64,
+    to_idle: u64,
+}
+
+fn nics(d: &Daemon) -> Nics {
+    Nics {
+        to_vm: d.stat("vm", "tx_packets"),
+        from_vm: d.stat("vm", "rx_packets"),
+        dropped: d.stat("vm", "dropped_firewall") + d.stat("vm", "dropped_antispoof"),
+        to_idle: d.stat("idle", "tx_packets"),
+    }
+}
+
+fn virtio_user(sock: &Path) -> String {
+    format!(
+        "net_virtio_user0,path={},queues=1,queue_size=1024,mac={}",
+        sock.display(),
+        mac_str(VM_MAC)
+    )
+}
+
+fn testpmd_lcores() -> String {
+    format!("{GEN_CPU}@{GEN_CPU},1@{GEN_CPU}")
+}
+
+fn butterfly() -> ButterflyRun {
+    let dir = TempDir::new("e2e-bench");
+    let gen_ns = Netns::new("e2ebg");
+    let host = Netns::new("e2ebh");
+    for ns in [&gen_ns, &host] {
+        ns.disable_ipv6();
+    }
+    veth(&gen_ns, "bgen", &host, "bdut");
+    setup_if(&gen_ns, "bgen", GEN_MAC, &format!("{GEN_IP}/24"));
+    setup_if(&host, "bdut", DUT_MAC, &format!("{DUT_IP}/24"));
+    let under_sink = sink(&gen_ns, "bgen", vxlan_sink_match());
+    let cpu = DUT_CPU.to_string();
+    let d = Daemon::start(
+        &host,
+        dir.path(),
+        "bdut",
+        &DUT_IP.to_string(),
+        &["--worker-cpu", &cpu, "--xdp-mode", "native"],
+    );
+    d.cli(&["sg", "add", "e2e"]);
+    d.cli(&[
+        "sg",
+        "rule",
+        "add",
+        "e2e",
+        "--dir",
+        "in",
+        "--ip-proto",
+        "udp",
+        "--port",
+        &VM_PORT.to_string(),
+        "--cidr",
+        "10.0.42.0/24",
+    ]);
+    let sock = dir.join("vm.sock");
+    let vni = VNI.to_string();
+    let nic = |id: &str, mac: &str, ip: &str, sock: &Path| {
+        d.cli(&[
+            "nic",
+            "add",
+            "--id",
+            id,
+            "--mac",
+            mac,
+            "--vni",
+            &vni,
+            "--ip",
+            ip,
+            "--sg",
+            "e2e",
+            "--enable-antispoof",
+            "--type",
+            "vhost-user-server",
+            "--socket-path",
+            &sock.display().to_string(),
+        ])
+    };
+    nic("vm", &mac_str(VM_MAC), &VM_IP.to_string(), &sock);
+    nic("idle", IDLE_MAC, "10.0.42.9", &dir.join("idle.sock"));
+    let status = d.cli(&["status"]);
+    for brick in ["switch-42", "firewall-vm", "antispoof-vm", "vm-vm", "vtep"] {
+        assert!(
+            status.contains(&format!("\"{brick}\"")),
+            "no {brick} in the graph:\n{status}"
+        );
+    }
+    let diag = || format!("{}\ndaemon log:\n{}", d.cli(&["status"]), d.log());
+
+    // Warm-up: the VTEP learns the remote (inner MAC → 10.88.0.2 and its MAC), the
+    // switch learns where the remote is, the firewall creates the flow.
+    let g = Generator::start(Some(&gen_ns), "bgen", vxlan_frame(&to_vm()), GEN_CPU);
+    let fw_in = || {
+        let c = d.brick_counters("firewall-vm");
+        c[0] + c[2]
+    };
+    wait_flowing("butterfly vxlan → firewall (warm-up)", &fw_in, &diag);
+    std::thread::sleep(Duration::from_millis(200));
+    g.stop().expect("generator");
+
+    // VM → VXLAN.
+    let before = under_sink.match_counts().unwrap();
+    let pmd = Testpmd::start(
+        &format!("e2etx{}", std::process::id()),
+        &testpmd_lcores(),
+        &virtio_user(&sock),
+        &[
+            "--forward-mode=txonly",
+            &format!("--txpkts={FRAME_LEN}"),
+            &format!("--eth-peer=0,{}", mac_str(PEER_MAC)),
+            &format!("--tx-ip={VM_IP},{PEER_IP}"),
+            &format!("--tx-udp={VM_PORT},{PEER_PORT}"),
+        ],
+    );
+    let under_count = || under_sink.match_counts().map_or(0, |c| c.matched);
+    wait_flowing("butterfly VM → vxlan", &under_count, &|| {
+        format!("{}\ntestpmd:\n{}", diag(), pmd.output())
+    });
+    let n0 = nics(&d);
+    let from = pmd.len();
+    let from_vm_rate = measure(&under_count);
+    let n1 = nics(&d);
+    let offered = pmd.mean_rate("Tx-pps:", from) / 1e6;
+    let pmd_out = pmd.stop();
+    check_sink(
+        "butterfly VM → vxlan",
+        before,
+        under_sink.match_counts().unwrap(),
+    );
+    println!(
+        "e2e: butterfly VM → vxlan: {:.3} Mpps (testpmd offered {offered:.3} Mpps); vm rx \
+         +{}, firewall+antispoof drops +{}",
+        from_vm_rate.mpps,
+        n1.from_vm - n0.from_vm,
+        n1.dropped - n0.dropped
+    );
+    assert!(
+        (n1.dropped - n0.dropped) * 100 <= n1.from_vm - n0.from_vm,
+        "butterfly VM → vxlan: the firewall or antispoof dropped the flow\n{}\n{pmd_out}",
+        diag()
+    );
+
+    // VXLAN → VM.
+    let pmd = Testpmd::start(
+        &format!("e2erx{}", std::process::id()),
+        &testpmd_lcores(),
+        &virtio_user(&sock),
+        &["--forward-mode=rxonly"],
+    );
+    // Wait until testpmd has the port up (it prints its statistics every second).
+    let t0 = Instant::now();
+    while pmd.samples("Rx-pps:", 0).is_empty() {
+        assert!(
+            t0.elapsed() < START && !pmd.exited(),
+            "testpmd rxonly did not start:\n{}",
+            pmd.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let g = Generator::start(Some(&gen_ns), "bgen", vxlan_frame(&to_vm()), GEN_CPU);
+    pmd.wait_for_rate("Rx-pps:", START);
+    std::thread::sleep(WARMUP);
+    let n0 = nics(&d);
+    let from = pmd.len();
+    let (t0, l0) = (Instant::now(), cpu_times(DUT_CPU));
+    std::thread::sleep(WINDOW);
+    let (t1, l1) = (Instant::now(), cpu_times(DUT_CPU));
+    let n1 = nics(&d);
+    let to_vm_rate = Rate {
+        mpps: pmd.mean_rate("Rx-pps:", from) / 1e6,
+        dut_load: (l1.0 - l0.0) as f64 / (l1.1 - l0.1).max(1) as f64,
+    };
+    g.stop().expect("generator");
+    let pmd_out = pmd.stop();
+    let to_vm = (n1.to_vm - n0.to_vm) as f64 / (t1 - t0).as_secs_f64() / 1e6;
+    println!(
+        "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps); butterflyd sent the VM \
+         {to_vm:.3} Mpps, idle NIC +{}, firewall+antispoof drops +{}",
+        to_vm_rate.mpps,
+        n1.to_idle - n0.to_idle,
+        n1.dropped - n0.dropped
+    );
+    assert!(to_vm_rate.mpps > 0.0, "testpmd counted nothing:\n{pmd_out}");
+    assert!(
+        n1.to_idle - n0.to_idle == 0,
+        "the switch flooded to the idle NIC: frames were not unicast to the VM\n{}",
+        diag()
+    );
+    assert!(
+        (n1.dropped - n0.dropped) as f64 <= 0.01 * (n1.to_vm - n0.to_vm) as f64,
+        "butterfly vxlan → VM: the firewall or antispoof dropped the flow\n{}",
+        diag()
+    );
+    println!(
+        "e2e: butterflyd graph after the run:\n{}",
+        d.cli(&["status"])
+    );
+    ButterflyRun {
+        to_vm: to_vm_rate,
+        from_vm: from_vm_rate,
+    }
+}
+
+fn main() {
+    require_root();
+    for tool in ["ip", "nft", "ethtool", "stdbuf", "taskset", "dpdk-testpmd"] {
+        require_tool(tool);
+    }
+    assert!(
+        std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2,
+        "the e2e bench needs 2 CPUs (traffic on CPU {GEN_CPU}, device under test on CPU \
+         {DUT_CPU})"
+    );
+    install_stop_signal();
+    // Criterion-style arguments (`--bench`) are ignored. E2E_ONLY=kernel|butterfly runs
+    // one side (for profiling).
+    let only = std::env::var("E2E_ONLY").ok();
+    println!(
+        "e2e: {FRAME_LEN}-byte inner frames, 1 flow, VNI {VNI}; traffic on CPU {GEN_CPU}, \
+         device under test on CPU {DUT_CPU}; {WARMUP:?} warm-up, {WINDOW:?} windows"
+    );
+    let k = (only.as_deref() != Some("butterfly")).then(kernel);
+    let b = (only.as_deref() != Some("kernel")).then(butterfly);
+    let ratio = |ours: f64, base: f64| if base > 0.0 { ours / base } else { 0.0 };
+    if let Some(k) = &k {
+        println!(
+            "RESULT e2e.kernel_vxlan_to_vm: {:.3} Mpps (CPU {DUT_CPU} busy {:.0}%)",
+            k.to_vm.mpps,
+            k.to_vm.dut_load * 100.0
+        );
+        println!(
+            "RESULT e2e.kernel_vm_to_vxlan: {:.3} Mpps (CPU {DUT_CPU} busy {:.0}%)",
+            k.from_vm.mpps,
+            k.from_vm.dut_load * 100.0
+        );
+    }
+    if let Some(b) = &b {
+        let (kt, kf) = k
+            .as_ref()
+            .map_or((0.0, 0.0), |k| (k.to_vm.mpps, k.from_vm.mpps));
+        println!(
+            "RESULT e2e.vxlan_to_vm: {:.3} Mpps (ratio {:.2} vs kernel)",
+            b.to_vm.mpps,
+            ratio(b.to_vm.mpps, kt)
+        );
+        println!(
+            "RESULT e2e.vm_to_vxlan: {:.3} Mpps (ratio {:.2} vs kernel)",
+            b.from_vm.mpps,
+            ratio(b.from_vm.mpps, kf)
+        );
+    }
+}
