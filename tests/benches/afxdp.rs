@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use butterfly_ebpf::{AttachMode, LoadGen, Steering, Variant};
-use butterfly_tests::xdpgen::{Generator, install_stop_signal, pin_current_thread as pin};
+use butterfly_tests::cpu::pin_current_thread as pin;
+use butterfly_tests::xdpgen::{Generator, install_stop_signal};
 use packetgraph::bricks::Nic;
 use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig};
 use packetgraph::{

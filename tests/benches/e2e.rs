@@ -60,6 +60,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use butterfly_ebpf::{LoadGen, SinkCounts, SinkMatch, VXLAN_PORT};
+use butterfly_tests::cpu::{CpuTimes, set_slice, thread_cpu_ns, thread_named};
 use butterfly_tests::daemon::Daemon;
 use butterfly_tests::testpmd::Testpmd;
 use butterfly_tests::xdpgen::{Generator, install_stop_signal};
@@ -71,6 +72,9 @@ const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(3);
 /// How long testpmd and the first frames may take on a loaded machine.
 const START: Duration = Duration::from_secs(60);
+/// EEVDF slice of the threads sharing CPU 0 (generator, testpmd): short, so testpmd's
+/// 1024-descriptor virtqueue never overflows while the generator has the CPU.
+const SLICE: Duration = Duration::from_micros(100);
 
 const VNI: u32 = 42;
 const FRAME_LEN: usize = 64;
@@ -89,6 +93,8 @@ const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 42, 2);
 const PEER_PORT: u16 = 5001;
 /// The idle second NIC of the VNI (puts the switch on the path).
 const IDLE_MAC: &str = "52:54:00:00:00:09";
+/// butterflyd's worker thread name (`butterfly-worker` cut to 15 bytes by the kernel).
+const WORKER_THREAD: &str = "butterfly-worke";
 
 fn mac_str(m: [u8; 6]) -> String {
     m.iter()
@@ -211,46 +217,41 @@ fn rps(ns: &Netns, dev: &str, cpu: usize) {
     );
 }
 
-/// Busy and total jiffies of `cpu` from /proc/stat.
-fn cpu_times(cpu: usize) -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let key = format!("cpu{cpu} ");
-    let v: Vec<u64> = stat
-        .lines()
-        .find(|l| l.starts_with(&key))
-        .map(|l| {
-            l.split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-/// A rate measured over the window, plus the CPU 1 load during it.
+/// A rate measured over the window, and the share of a CPU the device under test got
+/// during it (CPU-seconds per second: softirq time of CPU 1 for the kernel, the worker
+/// thread's run time for butterflyd; other processes share these CPUs).
 #[derive(Debug, Clone, Copy, Default)]
 struct Rate {
     mpps: f64,
     dut_load: f64,
 }
 
-/// Sleeps the warm-up, then measures `count` over the window.
-fn measure(count: &dyn Fn() -> u64) -> Rate {
+impl Rate {
+    /// Mpps per CPU-second of the device under test.
+    fn per_cpu(&self) -> f64 {
+        if self.dut_load > 0.0 {
+            self.mpps / self.dut_load
+        } else {
+            0.0
+        }
+    }
+}
+
+/// CPU-seconds the kernel spent in softirqs on the DUT CPU so far.
+fn kernel_dut_seconds() -> f64 {
+    CpuTimes::read(DUT_CPU).softirq as f64 * CpuTimes::tick()
+}
+
+/// Sleeps the warm-up, then measures `count` and `dut_seconds` over the window.
+fn measure(count: &dyn Fn() -> u64, dut_seconds: &dyn Fn() -> f64) -> Rate {
     std::thread::sleep(WARMUP);
-    let (c0, t0, l0) = (count(), Instant::now(), cpu_times(DUT_CPU));
+    let (c0, t0, s0) = (count(), Instant::now(), dut_seconds());
     std::thread::sleep(WINDOW);
-    let (c1, t1, l1) = (count(), Instant::now(), cpu_times(DUT_CPU));
-    let load = if l1.1 > l0.1 {
-        (l1.0 - l0.0) as f64 / (l1.1 - l0.1) as f64
-    } else {
-        0.0
-    };
+    let (c1, t1, s1) = (count(), Instant::now(), dut_seconds());
+    let wall = (t1 - t0).as_secs_f64();
     Rate {
-        mpps: c1.saturating_sub(c0) as f64 / (t1 - t0).as_secs_f64() / 1e6,
-        dut_load: load,
+        mpps: c1.saturating_sub(c0) as f64 / wall / 1e6,
+        dut_load: (s1 - s0) / wall,
     }
 }
 
@@ -264,6 +265,15 @@ fn wait_flowing(what: &str, count: &dyn Fn() -> u64, diag: &dyn Fn() -> String) 
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The load generator on `dev` in `ns`, on CPU 0 with a short time slice.
+fn generator(ns: &Netns, dev: &str, frame: Vec<u8>) -> Generator {
+    let g = Generator::start(Some(ns), dev, frame, GEN_CPU);
+    if let Err(e) = set_slice(g.tid(), SLICE) {
+        println!("e2e: cannot set the generator's time slice ({e}); using the default");
+    }
+    g
 }
 
 fn vxlan_sink_match() -> SinkMatch {
@@ -385,18 +395,18 @@ table bridge e2e_antispoof {{
     let diag = || host.run_ok(&["nft", "list", "ruleset"]);
 
     // Warm-up: the bridge and vxlan learn the remote, conntrack sees the flow.
-    let g = Generator::start(Some(&gen_ns), "kgen", vxlan_frame(&to_vm()), GEN_CPU);
+    let g = generator(&gen_ns, "kgen", vxlan_frame(&to_vm()));
     let vm_count = || vm_sink.match_counts().map_or(0, |c| c.matched);
     wait_flowing("kernel vxlan → VM (warm-up)", &vm_count, &diag);
     g.stop().expect("generator");
 
     // VM → VXLAN first: conntrack then has seen both directions (established).
     let before = under_sink.match_counts().unwrap();
-    let g = Generator::start(Some(&vm), "kvm1", from_vm(), GEN_CPU);
+    let g = generator(&vm, "kvm1", from_vm());
     let under_count = || under_sink.match_counts().map_or(0, |c| c.matched);
     wait_flowing("kernel VM → vxlan", &under_count, &diag);
     let e0 = established();
-    let from_vm_rate = measure(&under_count);
+    let from_vm_rate = measure(&under_count, &kernel_dut_seconds);
     let e1 = established();
     g.stop().expect("generator");
     check_sink(
@@ -405,26 +415,28 @@ table bridge e2e_antispoof {{
         under_sink.match_counts().unwrap(),
     );
     println!(
-        "e2e: kernel VM → vxlan: {:.3} Mpps, CPU {DUT_CPU} busy {:.0}%, conntrack established \
-         +{}",
+        "e2e: kernel VM → vxlan: {:.3} Mpps, CPU {DUT_CPU} softirq {:.0}% ({:.3} Mpps per \
+         CPU-second), conntrack established +{}",
         from_vm_rate.mpps,
         from_vm_rate.dut_load * 100.0,
+        from_vm_rate.per_cpu(),
         e1 - e0
     );
 
     let before = vm_sink.match_counts().unwrap();
-    let g = Generator::start(Some(&gen_ns), "kgen", vxlan_frame(&to_vm()), GEN_CPU);
+    let g = generator(&gen_ns, "kgen", vxlan_frame(&to_vm()));
     wait_flowing("kernel vxlan → VM", &vm_count, &diag);
     let e0 = established();
-    let to_vm_rate = measure(&vm_count);
+    let to_vm_rate = measure(&vm_count, &kernel_dut_seconds);
     let e1 = established();
     g.stop().expect("generator");
     check_sink("kernel vxlan → VM", before, vm_sink.match_counts().unwrap());
     println!(
-        "e2e: kernel vxlan → VM: {:.3} Mpps, CPU {DUT_CPU} busy {:.0}%, conntrack established \
-         +{}; kund rx_dropped {}",
+        "e2e: kernel vxlan → VM: {:.3} Mpps, CPU {DUT_CPU} softirq {:.0}% ({:.3} Mpps per \
+         CPU-second), conntrack established +{}; kund rx_dropped {}",
         to_vm_rate.mpps,
         to_vm_rate.dut_load * 100.0,
+        to_vm_rate.per_cpu(),
         e1 - e0,
         host.link_stat("kund", "rx_dropped")
     );
@@ -545,10 +557,14 @@ fn butterfly() -> ButterflyRun {
         );
     }
     let diag = || format!("{}\ndaemon log:\n{}", d.cli(&["status"]), d.log());
+    let (pid, worker) = (d.pid(), WORKER_THREAD);
+    let worker_tid = thread_named(pid, worker)
+        .unwrap_or_else(|| panic!("no thread {worker} in butterflyd ({pid})"));
+    let worker_seconds = || thread_cpu_ns(pid, worker_tid) as f64 / 1e9;
 
     // Warm-up: the VTEP learns the remote (inner MAC → 10.88.0.2 and its MAC), the
     // switch learns where the remote is, the firewall creates the flow.
-    let g = Generator::start(Some(&gen_ns), "bgen", vxlan_frame(&to_vm()), GEN_CPU);
+    let g = generator(&gen_ns, "bgen", vxlan_frame(&to_vm()));
     let fw_in = || {
         let c = d.brick_counters("firewall-vm");
         c[0] + c[2]
@@ -577,7 +593,8 @@ fn butterfly() -> ButterflyRun {
     });
     let n0 = nics(&d);
     let from = pmd.len();
-    let from_vm_rate = measure(&under_count);
+    pmd.set_slice(SLICE);
+    let from_vm_rate = measure(&under_count, &worker_seconds);
     let n1 = nics(&d);
     let offered = pmd.mean_rate("Tx-pps:", from) / 1e6;
     let pmd_out = pmd.stop();
@@ -587,9 +604,12 @@ fn butterfly() -> ButterflyRun {
         under_sink.match_counts().unwrap(),
     );
     println!(
-        "e2e: butterfly VM → vxlan: {:.3} Mpps (testpmd offered {offered:.3} Mpps); vm rx \
-         +{}, firewall+antispoof drops +{}",
+        "e2e: butterfly VM → vxlan: {:.3} Mpps, worker on CPU {:.0}% ({:.3} Mpps per \
+         CPU-second); testpmd offered {offered:.3} Mpps; vm rx +{}, firewall+antispoof \
+         drops +{}",
         from_vm_rate.mpps,
+        from_vm_rate.dut_load * 100.0,
+        from_vm_rate.per_cpu(),
         n1.from_vm - n0.from_vm,
         n1.dropped - n0.dropped
     );
@@ -606,6 +626,7 @@ fn butterfly() -> ButterflyRun {
         &virtio_user(&sock),
         &["--forward-mode=rxonly"],
     );
+    pmd.set_slice(SLICE);
     // Wait until testpmd has the port up (it prints its statistics every second).
     let t0 = Instant::now();
     while pmd.samples("Rx-pps:", 0).is_empty() {
@@ -616,26 +637,29 @@ fn butterfly() -> ButterflyRun {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let g = Generator::start(Some(&gen_ns), "bgen", vxlan_frame(&to_vm()), GEN_CPU);
+    let g = generator(&gen_ns, "bgen", vxlan_frame(&to_vm()));
     pmd.wait_for_rate("Rx-pps:", START);
     std::thread::sleep(WARMUP);
     let n0 = nics(&d);
     let from = pmd.len();
-    let (t0, l0) = (Instant::now(), cpu_times(DUT_CPU));
+    let (t0, s0) = (Instant::now(), worker_seconds());
     std::thread::sleep(WINDOW);
-    let (t1, l1) = (Instant::now(), cpu_times(DUT_CPU));
+    let (t1, s1) = (Instant::now(), worker_seconds());
     let n1 = nics(&d);
     let to_vm_rate = Rate {
         mpps: pmd.mean_rate("Rx-pps:", from) / 1e6,
-        dut_load: (l1.0 - l0.0) as f64 / (l1.1 - l0.1).max(1) as f64,
+        dut_load: (s1 - s0) / (t1 - t0).as_secs_f64(),
     };
     g.stop().expect("generator");
     let pmd_out = pmd.stop();
     let to_vm = (n1.to_vm - n0.to_vm) as f64 / (t1 - t0).as_secs_f64() / 1e6;
     println!(
-        "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps); butterflyd sent the VM \
-         {to_vm:.3} Mpps, idle NIC +{}, firewall+antispoof drops +{}",
+        "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps), worker on CPU {:.0}% \
+         ({:.3} Mpps per CPU-second); butterflyd sent the VM {to_vm:.3} Mpps, idle NIC +{}, \
+         firewall+antispoof drops +{}",
         to_vm_rate.mpps,
+        to_vm_rate.dut_load * 100.0,
+        to_vm_rate.per_cpu(),
         n1.to_idle - n0.to_idle,
         n1.dropped - n0.dropped
     );
@@ -682,30 +706,31 @@ fn main() {
     let b = (only.as_deref() != Some("kernel")).then(butterfly);
     let ratio = |ours: f64, base: f64| if base > 0.0 { ours / base } else { 0.0 };
     if let Some(k) = &k {
-        println!(
-            "RESULT e2e.kernel_vxlan_to_vm: {:.3} Mpps (CPU {DUT_CPU} busy {:.0}%)",
-            k.to_vm.mpps,
-            k.to_vm.dut_load * 100.0
-        );
-        println!(
-            "RESULT e2e.kernel_vm_to_vxlan: {:.3} Mpps (CPU {DUT_CPU} busy {:.0}%)",
-            k.from_vm.mpps,
-            k.from_vm.dut_load * 100.0
-        );
+        for (name, r) in [("vxlan_to_vm", k.to_vm), ("vm_to_vxlan", k.from_vm)] {
+            println!(
+                "RESULT e2e.kernel_{name}: {:.3} Mpps ({:.3} Mpps per CPU-second, CPU \
+                 {DUT_CPU} softirq {:.0}%)",
+                r.mpps,
+                r.per_cpu(),
+                r.dut_load * 100.0
+            );
+        }
     }
     if let Some(b) = &b {
         let (kt, kf) = k
             .as_ref()
-            .map_or((0.0, 0.0), |k| (k.to_vm.mpps, k.from_vm.mpps));
-        println!(
-            "RESULT e2e.vxlan_to_vm: {:.3} Mpps (ratio {:.2} vs kernel)",
-            b.to_vm.mpps,
-            ratio(b.to_vm.mpps, kt)
-        );
-        println!(
-            "RESULT e2e.vm_to_vxlan: {:.3} Mpps (ratio {:.2} vs kernel)",
-            b.from_vm.mpps,
-            ratio(b.from_vm.mpps, kf)
-        );
+            .map_or((Rate::default(), Rate::default()), |k| (k.to_vm, k.from_vm));
+        for (name, r, base) in [("vxlan_to_vm", b.to_vm, kt), ("vm_to_vxlan", b.from_vm, kf)] {
+            println!(
+                "RESULT e2e.{name}: {:.3} Mpps (ratio {:.2} vs kernel)",
+                r.mpps,
+                ratio(r.mpps, base.mpps)
+            );
+            println!(
+                "RESULT e2e.{name}_per_cpu: {:.3} Mpps per CPU-second (ratio {:.2} vs kernel)",
+                r.per_cpu(),
+                ratio(r.per_cpu(), base.per_cpu())
+            );
+        }
     }
 }

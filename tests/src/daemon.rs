@@ -182,7 +182,7 @@ impl Daemon {
     /// # Panics
     /// When the brick is not in the graph.
     pub fn brick_counters(&self, brick: &str) -> [u64; 4] {
-        let status = self.cli(&["status"]);
+        let status = self.cli(&["status", "--dot"]);
         let key = format!("\"{brick}\" [xlabel=\"");
         let at = status
             .find(&key)

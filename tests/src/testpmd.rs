@@ -46,9 +46,27 @@ impl Testpmd {
     /// # Panics
     /// When testpmd cannot be started.
     pub fn start(prefix: &str, lcores: &str, vdev: &str, args: &[&str]) -> Testpmd {
+        Testpmd::start_niced(0, prefix, lcores, vdev, args)
+    }
+
+    /// [`Testpmd::start`] at scheduling priority `nice` (-20..=19; below 0 needs root):
+    /// when testpmd's busy-polling lcore shares a CPU with another busy thread, a
+    /// negative value keeps its off-CPU periods short (a virtqueue of 1024 descriptors
+    /// buffers only a few milliseconds of traffic).
+    ///
+    /// # Panics
+    /// When testpmd cannot be started.
+    pub fn start_niced(
+        nice: i32,
+        prefix: &str,
+        lcores: &str,
+        vdev: &str,
+        args: &[&str],
+    ) -> Testpmd {
         crate::netns::require_tool(TESTPMD);
-        let mut child = Command::new("stdbuf")
-            .args(["-o0", TESTPMD, "--no-huge", "-m", "1024", "--no-pci"])
+        let mut child = Command::new("nice")
+            .args(["-n", &nice.to_string(), "stdbuf", "-o0", TESTPMD])
+            .args(["--no-huge", "-m", "1024", "--no-pci"])
             .arg("--no-shconf")
             .arg(format!("--lcores={lcores}"))
             .arg(format!("--file-prefix={prefix}"))
@@ -96,6 +114,23 @@ impl Testpmd {
         Testpmd {
             child: Mutex::new(Some(KillOnDrop::new(child))),
             out,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, KillOnDrop::id)
+    }
+
+    /// Sets the EEVDF time slice of all of testpmd's threads (see
+    /// [`crate::cpu::set_slice`]); threads that fail are skipped.
+    pub fn set_slice(&self, slice: Duration) {
+        for t in crate::cpu::threads(self.pid()) {
+            let _ = crate::cpu::set_slice(t, slice);
         }
     }
 

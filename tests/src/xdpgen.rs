@@ -20,30 +20,19 @@
 //! g.stop().expect("the generator ran");
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use butterfly_ebpf::LoadGen;
 
+use crate::cpu::pin_current_thread;
 use crate::netns::Netns;
 
 /// Frames per BPF_PROG_TEST_RUN call (one call lasts seconds; SIGUSR1 ends it early).
 const REPEAT: u32 = 200_000_000;
 /// Frames per kernel batch (the kernel's maximum).
 const BATCH: u32 = 256;
-
-/// Pins the calling thread to `cpu`.
-///
-/// # Panics
-/// When the CPU does not exist or `sched_setaffinity` fails.
-pub fn pin_current_thread(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)
-        .unwrap_or_else(|e| panic!("CPU {cpu} out of range: {e}"));
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .unwrap_or_else(|e| panic!("sched_setaffinity to CPU {cpu}: {e}"));
-}
 
 extern "C" fn on_sigusr1(_: libc::c_int) {}
 
@@ -69,6 +58,7 @@ pub struct Generator {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
     tid: Arc<AtomicU64>,
+    kernel_tid: Arc<AtomicI32>,
     error: Arc<Mutex<Option<String>>>,
 }
 
@@ -83,13 +73,16 @@ impl Generator {
         install_stop_signal();
         let stop = Arc::new(AtomicBool::new(false));
         let tid = Arc::new(AtomicU64::new(0));
+        let kernel_tid = Arc::new(AtomicI32::new(0));
         let error = Arc::new(Mutex::new(None));
-        let (s2, t2, e2) = (stop.clone(), tid.clone(), error.clone());
+        let (s2, t2, k2, e2) = (stop.clone(), tid.clone(), kernel_tid.clone(), error.clone());
         let ns_name = ns.map(|n| n.name().to_string());
         let ifname = ifname.to_string();
         let thread = std::thread::Builder::new()
             .name("xdpgen".into())
             .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                k2.store(unsafe { libc::gettid() }, Ordering::Release);
                 // SAFETY: pthread_self has no preconditions.
                 t2.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
                 let fail = |m: String| {
@@ -134,8 +127,14 @@ impl Generator {
             stop,
             thread: Some(thread),
             tid,
+            kernel_tid,
             error,
         }
+    }
+
+    /// The generator thread's id (for [`crate::cpu::set_slice`]).
+    pub fn tid(&self) -> i32 {
+        self.kernel_tid.load(Ordering::Acquire)
     }
 
     /// The error that ended the generator early, if any (bad interface, BPF refused).

@@ -1,0 +1,137 @@
+//! CPU placement and accounting for benchmarks on a shared 2-CPU machine: pinning,
+//! EEVDF time slices, and how much CPU a thread or a CPU's softirqs really got (other
+//! processes share the CPUs, so a rate per CPU-second is the comparable figure).
+
+use std::time::Duration;
+
+/// Pins the calling thread to `cpu`.
+///
+/// # Panics
+/// When the CPU does not exist or `sched_setaffinity` fails.
+pub fn pin_current_thread(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)
+        .unwrap_or_else(|e| panic!("CPU {cpu} out of range: {e}"));
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .unwrap_or_else(|e| panic!("sched_setaffinity to CPU {cpu}: {e}"));
+}
+
+/// `struct sched_attr` (include/uapi/linux/sched/types.h, SCHED_ATTR_SIZE_VER1).
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    sched_policy: u32,
+    sched_flags: u64,
+    sched_nice: i32,
+    sched_priority: u32,
+    sched_runtime: u64,
+    sched_deadline: u64,
+    sched_period: u64,
+    sched_util_min: u32,
+    sched_util_max: u32,
+}
+
+/// Sets the EEVDF time slice of thread `tid` (SCHED_OTHER, nice kept; Linux ≥ 6.12
+/// takes `sched_runtime` as a custom slice, clamped to 0.1–100 ms). Two busy threads
+/// sharing a CPU then alternate every `slice` instead of every few milliseconds: a
+/// poll-mode receiver behind a 1024-descriptor ring is never away long enough for the
+/// ring to overflow.
+///
+/// # Errors
+/// The OS error of `sched_setattr` (ESRCH: no such thread; EPERM).
+pub fn set_slice(tid: i32, slice: Duration) -> std::io::Result<()> {
+    let nice = {
+        // SAFETY: getpriority has no memory-safety preconditions; errno is cleared first
+        // because -1 is a valid priority.
+        unsafe {
+            *libc::__errno_location() = 0;
+            libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t)
+        }
+    };
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        sched_policy: libc::SCHED_OTHER as u32,
+        sched_nice: nice,
+        sched_runtime: slice.as_nanos() as u64,
+        ..SchedAttr::default()
+    };
+    // SAFETY: attr is a valid, fully initialised sched_attr of the size it declares.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &attr as *const SchedAttr, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Thread ids of process `pid` (`/proc/PID/task`).
+pub fn threads(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The thread of process `pid` whose name (`comm`, at most 15 bytes) is `name`.
+pub fn thread_named(pid: u32, name: &str) -> Option<i32> {
+    threads(pid).into_iter().find(|t| {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm"))
+            .is_ok_and(|c| c.trim_end() == name)
+    })
+}
+
+/// Time thread `tid` of process `pid` has run on a CPU, in ns (`schedstat`), 0 when the
+/// thread is gone.
+pub fn thread_cpu_ns(pid: u32, tid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Time accounting of one CPU from `/proc/stat`, in clock ticks (`USER_HZ`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// Everything but idle and iowait.
+    pub busy: u64,
+    /// Softirq time (where the kernel's receive path runs).
+    pub softirq: u64,
+    /// All of it.
+    pub total: u64,
+}
+
+impl CpuTimes {
+    /// Reads `cpu`'s line of `/proc/stat` (zeros when missing).
+    pub fn read(cpu: usize) -> CpuTimes {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let key = format!("cpu{cpu} ");
+        let v: Vec<u64> = stat
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal
+        let total: u64 = (0..8).map(at).sum();
+        CpuTimes {
+            busy: total - at(3) - at(4),
+            softirq: at(6),
+            total,
+        }
+    }
+
+    /// Seconds of one clock tick (`1 / sysconf(_SC_CLK_TCK)`).
+    pub fn tick() -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        1.0 / if hz > 0 { hz as f64 } else { 100.0 }
+    }
+}
