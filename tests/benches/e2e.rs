@@ -60,7 +60,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use butterfly_ebpf::{LoadGen, SinkCounts, SinkMatch, VXLAN_PORT};
-use butterfly_tests::cpu::{CpuTimes, set_slice, thread_cpu_ns, thread_named};
+use butterfly_tests::cpu::{
+    CpuTimes, set_slice, thread_cpu_ns, thread_named, thread_report, thread_times, thread_wait_ns,
+};
 use butterfly_tests::daemon::Daemon;
 use butterfly_tests::testpmd::Testpmd;
 use butterfly_tests::xdpgen::{Generator, install_stop_signal};
@@ -242,9 +244,8 @@ fn kernel_dut_seconds() -> f64 {
     CpuTimes::read(DUT_CPU).softirq as f64 * CpuTimes::tick()
 }
 
-/// Sleeps the warm-up, then measures `count` and `dut_seconds` over the window.
+/// Measures `count` and `dut_seconds` over the window (call after the warm-up).
 fn measure(count: &dyn Fn() -> u64, dut_seconds: &dyn Fn() -> f64) -> Rate {
-    std::thread::sleep(WARMUP);
     let (c0, t0, s0) = (count(), Instant::now(), dut_seconds());
     std::thread::sleep(WINDOW);
     let (c1, t1, s1) = (count(), Instant::now(), dut_seconds());
@@ -265,6 +266,24 @@ fn wait_flowing(what: &str, count: &dyn Fn() -> u64, diag: &dyn Fn() -> String) 
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// With `E2E_PERF=DIR`: `perf record -g` of thread `tid` for the window, into
+/// `DIR/e2e-NAME.data` (for `perf report -i`). Wait for the returned process.
+fn perf_window(tid: i32, name: &str) -> Option<butterfly_tests::KillOnDrop> {
+    let dir = std::env::var("E2E_PERF").ok()?;
+    let out = Path::new(&dir).join(format!("e2e-{name}.data"));
+    let child = std::process::Command::new("perf")
+        .args(["record", "-q", "-g", "-t", &tid.to_string(), "-o"])
+        .arg(&out)
+        .args(["--", "sleep", &format!("{}", WINDOW.as_secs_f64())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| println!("e2e: perf record: {e}"))
+        .ok()?;
+    println!("e2e: recording {} for the window", out.display());
+    Some(butterfly_tests::KillOnDrop::new(child))
 }
 
 /// The load generator on `dev` in `ns`, on CPU 0 with a short time slice.
@@ -406,6 +425,7 @@ table bridge e2e_antispoof {{
     let under_count = || under_sink.match_counts().map_or(0, |c| c.matched);
     wait_flowing("kernel VM → vxlan", &under_count, &diag);
     let e0 = established();
+    std::thread::sleep(WARMUP);
     let from_vm_rate = measure(&under_count, &kernel_dut_seconds);
     let e1 = established();
     g.stop().expect("generator");
@@ -427,6 +447,7 @@ table bridge e2e_antispoof {{
     let g = generator(&gen_ns, "kgen", vxlan_frame(&to_vm()));
     wait_flowing("kernel vxlan → VM", &vm_count, &diag);
     let e0 = established();
+    std::thread::sleep(WARMUP);
     let to_vm_rate = measure(&vm_count, &kernel_dut_seconds);
     let e1 = established();
     g.stop().expect("generator");
@@ -561,6 +582,7 @@ fn butterfly() -> ButterflyRun {
     let worker_tid = thread_named(pid, worker)
         .unwrap_or_else(|| panic!("no thread {worker} in butterflyd ({pid})"));
     let worker_seconds = || thread_cpu_ns(pid, worker_tid) as f64 / 1e9;
+    let worker_waited = || thread_wait_ns(pid, worker_tid) as f64 / 1e9;
 
     // Warm-up: the VTEP learns the remote (inner MAC → 10.88.0.2 and its MAC), the
     // switch learns where the remote is, the firewall creates the flow.
@@ -594,7 +616,14 @@ fn butterfly() -> ButterflyRun {
     let n0 = nics(&d);
     let from = pmd.len();
     pmd.set_slice(SLICE);
+    std::thread::sleep(WARMUP);
+    let perf = perf_window(worker_tid, "vm_to_vxlan");
+    let w0 = worker_waited();
     let from_vm_rate = measure(&under_count, &worker_seconds);
+    let from_vm_wait = (worker_waited() - w0) / WINDOW.as_secs_f64();
+    if let Some(p) = perf {
+        p.wait_output();
+    }
     let n1 = nics(&d);
     let offered = pmd.mean_rate("Tx-pps:", from) / 1e6;
     let pmd_out = pmd.stop();
@@ -604,11 +633,12 @@ fn butterfly() -> ButterflyRun {
         under_sink.match_counts().unwrap(),
     );
     println!(
-        "e2e: butterfly VM → vxlan: {:.3} Mpps, worker on CPU {:.0}% ({:.3} Mpps per \
-         CPU-second); testpmd offered {offered:.3} Mpps; vm rx +{}, firewall+antispoof \
+        "e2e: butterfly VM → vxlan: {:.3} Mpps, worker on CPU {:.0}%, waiting for it {:.0}% \
+         ({:.3} Mpps per CPU-second); testpmd offered {offered:.3} Mpps; vm rx +{}, firewall+antispoof \
          drops +{}",
         from_vm_rate.mpps,
         from_vm_rate.dut_load * 100.0,
+        from_vm_wait * 100.0,
         from_vm_rate.per_cpu(),
         n1.from_vm - n0.from_vm,
         n1.dropped - n0.dropped
@@ -642,23 +672,35 @@ fn butterfly() -> ButterflyRun {
     std::thread::sleep(WARMUP);
     let n0 = nics(&d);
     let from = pmd.len();
-    let (t0, s0) = (Instant::now(), worker_seconds());
+    let perf = perf_window(worker_tid, "vxlan_to_vm");
+    let (t0, s0, w0) = (Instant::now(), worker_seconds(), worker_waited());
+    let (pmd0, me0) = (thread_times(pmd.pid()), thread_times(std::process::id()));
     std::thread::sleep(WINDOW);
-    let (t1, s1) = (Instant::now(), worker_seconds());
+    let (t1, s1, w1) = (Instant::now(), worker_seconds(), worker_waited());
+    let secs = (t1 - t0).as_secs_f64();
+    println!(
+        "e2e: CPU {GEN_CPU} during the window: testpmd: {}; bench: {}",
+        thread_report(&pmd0, &thread_times(pmd.pid()), secs),
+        thread_report(&me0, &thread_times(std::process::id()), secs)
+    );
     let n1 = nics(&d);
     let to_vm_rate = Rate {
         mpps: pmd.mean_rate("Rx-pps:", from) / 1e6,
         dut_load: (s1 - s0) / (t1 - t0).as_secs_f64(),
     };
+    if let Some(p) = perf {
+        p.wait_output();
+    }
     g.stop().expect("generator");
     let pmd_out = pmd.stop();
     let to_vm = (n1.to_vm - n0.to_vm) as f64 / (t1 - t0).as_secs_f64() / 1e6;
     println!(
-        "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps), worker on CPU {:.0}% \
-         ({:.3} Mpps per CPU-second); butterflyd sent the VM {to_vm:.3} Mpps, idle NIC +{}, \
+        "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps), worker on CPU {:.0}%, \
+         waiting for it {:.0}% ({:.3} Mpps per CPU-second); butterflyd sent the VM {to_vm:.3} Mpps, idle NIC +{}, \
          firewall+antispoof drops +{}",
         to_vm_rate.mpps,
         to_vm_rate.dut_load * 100.0,
+        (w1 - w0) / (t1 - t0).as_secs_f64() * 100.0,
         to_vm_rate.per_cpu(),
         n1.to_idle - n0.to_idle,
         n1.dropped - n0.dropped

@@ -86,9 +86,19 @@ pub fn thread_named(pid: u32, name: &str) -> Option<i32> {
 /// Time thread `tid` of process `pid` has run on a CPU, in ns (`schedstat`), 0 when the
 /// thread is gone.
 pub fn thread_cpu_ns(pid: u32, tid: i32) -> u64 {
+    schedstat(pid, tid, 0)
+}
+
+/// Time thread `tid` of process `pid` has waited on a run queue (runnable, but another
+/// task had the CPU), in ns (`schedstat`), 0 when the thread is gone.
+pub fn thread_wait_ns(pid: u32, tid: i32) -> u64 {
+    schedstat(pid, tid, 1)
+}
+
+fn schedstat(pid: u32, tid: i32, field: usize) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .and_then(|s| s.split_whitespace().nth(field).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -134,4 +144,40 @@ impl CpuTimes {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         1.0 / if hz > 0 { hz as f64 } else { 100.0 }
     }
+}
+
+/// Run and run-queue wait time (ns) of every thread of process `pid`, with its name.
+pub fn thread_times(pid: u32) -> Vec<(i32, String, u64, u64)> {
+    threads(pid)
+        .into_iter()
+        .map(|t| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/comm"))
+                .unwrap_or_default()
+                .trim_end()
+                .to_string();
+            (t, name, thread_cpu_ns(pid, t), thread_wait_ns(pid, t))
+        })
+        .collect()
+}
+
+/// What the threads of `pid` did between two [`thread_times`] snapshots taken `secs`
+/// apart: `name run R% wait W%` for each thread that ran or waited at least 1%.
+pub fn thread_report(
+    before: &[(i32, String, u64, u64)],
+    after: &[(i32, String, u64, u64)],
+    secs: f64,
+) -> String {
+    let mut out = Vec::new();
+    for (t, name, run, wait) in after {
+        let (r0, w0) = before
+            .iter()
+            .find(|b| b.0 == *t)
+            .map_or((0, 0), |b| (b.2, b.3));
+        let r = (run - r0) as f64 / 1e9 / secs * 100.0;
+        let w = (wait - w0) as f64 / 1e9 / secs * 100.0;
+        if r >= 1.0 || w >= 1.0 {
+            out.push(format!("{name} run {r:.0}% wait {w:.0}%"));
+        }
+    }
+    out.join(", ")
 }
