@@ -1,8 +1,6 @@
-//! CPU placement and accounting for benchmarks on a shared 2-CPU machine: pinning,
-//! EEVDF time slices, and how much CPU a thread or a CPU's softirqs really got (other
-//! processes share the CPUs, so a rate per CPU-second is the comparable figure).
-
-use std::time::Duration;
+//! CPU placement and accounting for benchmarks on a shared 2-CPU machine: pinning, and
+//! how much CPU a thread or a CPU's softirqs really got (other processes share the CPUs,
+//! so a rate per CPU-second is the comparable figure).
 
 /// Pins the calling thread to `cpu`.
 ///
@@ -14,54 +12,6 @@ pub fn pin_current_thread(cpu: usize) {
         .unwrap_or_else(|e| panic!("CPU {cpu} out of range: {e}"));
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
         .unwrap_or_else(|e| panic!("sched_setaffinity to CPU {cpu}: {e}"));
-}
-
-/// `struct sched_attr` (include/uapi/linux/sched/types.h, SCHED_ATTR_SIZE_VER1).
-#[repr(C)]
-#[derive(Default)]
-struct SchedAttr {
-    size: u32,
-    sched_policy: u32,
-    sched_flags: u64,
-    sched_nice: i32,
-    sched_priority: u32,
-    sched_runtime: u64,
-    sched_deadline: u64,
-    sched_period: u64,
-    sched_util_min: u32,
-    sched_util_max: u32,
-}
-
-/// Sets the EEVDF time slice of thread `tid` (SCHED_OTHER, nice kept; Linux ≥ 6.12
-/// takes `sched_runtime` as a custom slice, clamped to 0.1–100 ms). Two busy threads
-/// sharing a CPU then alternate every `slice` instead of every few milliseconds: a
-/// poll-mode receiver behind a 1024-descriptor ring is never away long enough for the
-/// ring to overflow.
-///
-/// # Errors
-/// The OS error of `sched_setattr` (ESRCH: no such thread; EPERM).
-pub fn set_slice(tid: i32, slice: Duration) -> std::io::Result<()> {
-    let nice = {
-        // SAFETY: getpriority has no memory-safety preconditions; errno is cleared first
-        // because -1 is a valid priority.
-        unsafe {
-            *libc::__errno_location() = 0;
-            libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t)
-        }
-    };
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        sched_policy: libc::SCHED_OTHER as u32,
-        sched_nice: nice,
-        sched_runtime: slice.as_nanos() as u64,
-        ..SchedAttr::default()
-    };
-    // SAFETY: attr is a valid, fully initialised sched_attr of the size it declares.
-    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &attr as *const SchedAttr, 0) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Thread ids of process `pid` (`/proc/PID/task`).

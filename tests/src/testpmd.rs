@@ -49,10 +49,9 @@ impl Testpmd {
         Testpmd::start_niced(0, prefix, lcores, vdev, args)
     }
 
-    /// [`Testpmd::start`] at scheduling priority `nice` (-20..=19; below 0 needs root):
-    /// when testpmd's busy-polling lcore shares a CPU with another busy thread, a
-    /// negative value keeps its off-CPU periods short (a virtqueue of 1024 descriptors
-    /// buffers only a few milliseconds of traffic).
+    /// [`Testpmd::start`] at scheduling priority `nice` (-20..=19; below 0 needs root).
+    /// Note that a poll-mode lcore never sleeps: sharing its CPU with another busy thread,
+    /// it runs in turns of a scheduler tick (4 ms at 250 Hz), whatever the priorities.
     ///
     /// # Panics
     /// When testpmd cannot be started.
@@ -124,14 +123,6 @@ impl Testpmd {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map_or(0, KillOnDrop::id)
-    }
-
-    /// Sets the EEVDF time slice of all of testpmd's threads (see
-    /// [`crate::cpu::set_slice`]); threads that fail are skipped.
-    pub fn set_slice(&self, slice: Duration) {
-        for t in crate::cpu::threads(self.pid()) {
-            let _ = crate::cpu::set_slice(t, slice);
-        }
     }
 
     /// Everything testpmd printed so far (stdout and stderr).

@@ -132,7 +132,7 @@ impl Generator {
         }
     }
 
-    /// The generator thread's id (for [`crate::cpu::set_slice`]).
+    /// The generator thread's id (Linux tid).
     pub fn tid(&self) -> i32 {
         self.kernel_tid.load(Ordering::Acquire)
     }
