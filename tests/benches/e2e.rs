@@ -298,7 +298,18 @@ fn perf_window(tid: i32, name: &str) -> Option<butterfly_tests::KillOnDrop> {
     Some(butterfly_tests::KillOnDrop::new(child))
 }
 
-/// The load generator on `dev` in `ns`, on CPU 0.
+/// Frames offered to veth `dev` in `ns` so far: taken by its NAPI (`xdp_packets`) or
+/// dropped because its ring was full (`drops`), from `ethtool -S`.
+fn offered(ns: &Netns, dev: &str) -> u64 {
+    ns.run_ok(&["ethtool", "-S", dev])
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| k.ends_with("_xdp_packets") || k.ends_with("_drops") && !k.contains("xdp"))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// The load generator on `dev` in `ns`, on CPU 0, as fast as it goes.
 fn generator(ns: &Netns, dev: &str, frame: Vec<u8>) -> Generator {
     Generator::start(Some(ns), dev, frame, GEN_CPU)
 }
@@ -456,13 +467,16 @@ table bridge e2e_antispoof {{
     wait_flowing("kernel vxlan → VM", &vm_count, &diag);
     let e0 = established();
     std::thread::sleep(WARMUP);
+    let o0 = offered(&host, "kund");
     let to_vm_rate = measure(&vm_count, &kernel_dut_seconds);
+    let offered_mpps = (offered(&host, "kund") - o0) as f64 / WINDOW.as_secs_f64() / 1e6;
     let e1 = established();
     g.stop().expect("generator");
     check_sink("kernel vxlan → VM", before, vm_sink.match_counts().unwrap());
     println!(
-        "e2e: kernel vxlan → VM: {:.3} Mpps, CPU {DUT_CPU} softirq {:.0}% ({:.3} Mpps per \
-         CPU-second), conntrack established +{}; kund rx_dropped {}",
+        "e2e: kernel vxlan → VM: {:.3} Mpps (offered {offered_mpps:.3}), CPU {DUT_CPU} \
+         softirq {:.0}% ({:.3} Mpps per CPU-second), conntrack established +{}; kund \
+         rx_dropped {}",
         to_vm_rate.mpps,
         to_vm_rate.dut_load * 100.0,
         to_vm_rate.per_cpu(),
@@ -632,7 +646,7 @@ fn butterfly() -> ButterflyRun {
         p.wait_output();
     }
     let n1 = nics(&d);
-    let offered = pmd.mean_rate("Tx-pps:", from) / 1e6;
+    let tx_offered = pmd.mean_rate("Tx-pps:", from) / 1e6;
     let pmd_out = pmd.stop();
     check_sink(
         "butterfly VM → vxlan",
@@ -641,7 +655,7 @@ fn butterfly() -> ButterflyRun {
     );
     println!(
         "e2e: butterfly VM → vxlan: {:.3} Mpps, worker on CPU {:.0}%, waiting for it {:.0}% \
-         ({:.3} Mpps per CPU-second); testpmd offered {offered:.3} Mpps; vm rx +{}, firewall+antispoof \
+         ({:.3} Mpps per CPU-second); testpmd offered {tx_offered:.3} Mpps; vm rx +{}, firewall+antispoof \
          drops +{}",
         from_vm_rate.mpps,
         from_vm_rate.dut_load * 100.0,
@@ -680,10 +694,12 @@ fn butterfly() -> ButterflyRun {
     let from = pmd.len();
     let perf = perf_window(worker_tid, "vxlan_to_vm");
     let (t0, s0, w0) = (Instant::now(), worker_seconds(), worker_waited());
+    let o0 = offered(&host, "bdut");
     let (pmd0, me0) = (thread_times(pmd.pid()), thread_times(std::process::id()));
     std::thread::sleep(WINDOW);
     let (t1, s1, w1) = (Instant::now(), worker_seconds(), worker_waited());
     let secs = (t1 - t0).as_secs_f64();
+    let offered_mpps = (offered(&host, "bdut") - o0) as f64 / secs / 1e6;
     println!(
         "e2e: CPU {GEN_CPU} during the window: testpmd: {}; bench: {}",
         thread_report(&pmd0, &thread_times(pmd.pid()), secs),
@@ -701,7 +717,8 @@ fn butterfly() -> ButterflyRun {
     let pmd_out = pmd.stop();
     let to_vm = (n1.to_vm - n0.to_vm) as f64 / (t1 - t0).as_secs_f64() / 1e6;
     println!(
-        "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps), worker on CPU {:.0}%, \
+        "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps; offered {offered_mpps:.3}), \
+         worker on CPU {:.0}%, \
          waiting for it {:.0}% ({:.3} Mpps per CPU-second); butterflyd sent the VM {to_vm:.3} Mpps, idle NIC +{}, \
          firewall+antispoof drops +{}",
         to_vm_rate.mpps,
