@@ -33,19 +33,21 @@
 //! rule counters (the kernel's frames went through conntrack as established), prints
 //! them, and fails when they show the wrong packets were counted.
 //!
-//! # CPU placement (2 CPUs)
-//! CPU 1 is the device under test; CPU 0 makes and takes the traffic.
-//! - Butterfly: the worker is pinned to CPU 1 (`--worker-cpu 1`, busy polling). The
-//!   generator thread and testpmd (both lcores) are pinned to CPU 0. veth runs the
-//!   receiving end's NAPI on the sending CPU, so the XDP steering program and the copy
-//!   into the UMEM run on CPU 0 (as a NIC's DMA would); AF_XDP TX runs in the worker's
-//!   `sendto` on CPU 1.
+//! # CPU placement
+//! Default on 2 CPUs: CPU 1 is the device under test (DUT); CPU 0 makes and takes the
+//! traffic. With 3 CPUs or more the VM side (testpmd, the kernel VM's sink) gets CPU 2.
+//! `E2E_GEN_CPU`, `E2E_DUT_CPU`, `E2E_VM_CPU` override.
+//! - Butterfly: the worker is pinned to the DUT CPU (`--worker-cpu`; it polls, and
+//!   sleeps at most 0.5 ms when idle). The generator thread is pinned to CPU 0, testpmd
+//!   (both lcores) to the VM CPU. veth runs the receiving end's NAPI on the sending CPU,
+//!   so the XDP steering program and the copy into the UMEM run on CPU 0 (as a NIC's
+//!   DMA would); AF_XDP TX runs in the worker's `sendto` on the DUT CPU.
 //! - Kernel: the generator is pinned to CPU 0, where veth's NAPI turns the frames into
 //!   skbs (GRO on, as the kernel needs NAPI to take XDP_TX frames); RPS on the receiving
-//!   veth (`rps_cpus` = CPU 1) moves everything after that — vxlan, bridge, netfilter,
-//!   conntrack, the transmit into the next veth — to CPU 1, one core.
-//! - Both: the veths carrying the XDP sinks run threaded NAPI pinned to CPU 0, so
-//!   counting costs neither DUT anything.
+//!   veth (`rps_cpus` = the DUT CPU) moves everything after that — vxlan, bridge,
+//!   netfilter, conntrack, the transmit into the next veth — to the DUT CPU, one core.
+//! - Both: the veths carrying the XDP sinks run threaded NAPI pinned to CPU 0 (underlay
+//!   sinks) or the VM CPU (the kernel VM's sink), so counting costs the DUT nothing.
 //!
 //! # What the figures mean on a shared machine
 //! Other processes share both CPUs, so every figure also comes as `_per_cpu`: Mpps per
@@ -54,8 +56,8 @@
 //! (`/proc/stat`, tick-sampled) for the kernel. The bench prints how long the worker
 //! waited for its CPU, and what testpmd and the generator got of CPU 0.
 //!
-//! Known limit of this placement, `vxlan_to_vm` only: the generator and testpmd's rxonly
-//! lcore are both busy threads on CPU 0, and two busy threads on one CPU take turns of a
+//! Known limit on 2 CPUs, `vxlan_to_vm` only: the generator and testpmd's rxonly lcore
+//! are then both busy threads on CPU 0, and two busy threads on one CPU take turns of a
 //! scheduler tick (4 ms at 250 Hz; priorities and EEVDF slices do not change that
 //! without HRTICK). While the generator runs, nothing drains the 1024-descriptor
 //! virtqueue; while testpmd runs, nothing feeds the AF_XDP ring. The figure is then
@@ -83,8 +85,44 @@ use butterfly_tests::testpmd::Testpmd;
 use butterfly_tests::xdpgen::{Generator, install_stop_signal};
 use butterfly_tests::{Netns, TempDir, require_root, require_tool};
 
-const GEN_CPU: usize = 0;
-const DUT_CPU: usize = 1;
+/// Where things run: `E2E_GEN_CPU` (default 0: the load generators and the underlay
+/// sinks), `E2E_DUT_CPU` (default 1: butterflyd's worker; the kernel's receive path through
+/// RPS), `E2E_VM_CPU` (default 2 on a machine with 3 CPUs or more, else the generator's:
+/// testpmd and the kernel VM's sink).
+#[derive(Debug, Clone, Copy)]
+struct Cpus {
+    generator: usize,
+    dut: usize,
+    vm: usize,
+}
+
+fn cpus() -> Cpus {
+    static CPUS: std::sync::OnceLock<Cpus> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let env = |k: &str, d: usize| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        let generator = env("E2E_GEN_CPU", 0);
+        let c = Cpus {
+            generator,
+            dut: env("E2E_DUT_CPU", 1),
+            vm: env("E2E_VM_CPU", if n >= 3 { 2 } else { generator }),
+        };
+        for (what, cpu) in [("generator", c.generator), ("dut", c.dut), ("vm", c.vm)] {
+            assert!(cpu < n, "{what} CPU {cpu}: this machine has {n} CPUs");
+        }
+        assert_ne!(
+            c.generator, c.dut,
+            "the generator and the DUT need different CPUs"
+        );
+        assert_ne!(c.vm, c.dut, "the VM and the DUT need different CPUs");
+        c
+    })
+}
 const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(3);
 /// How long testpmd and the first frames may take on a loaded machine.
@@ -187,12 +225,12 @@ fn setup_if(ns: &Netns, dev: &str, mac: [u8; 6], cidr: &str) {
 }
 
 /// Attaches a matching XDP sink to `dev` in `ns` and moves that veth's NAPI to a thread
-/// pinned to the generator's CPU.
-fn sink(ns: &Netns, dev: &str, m: SinkMatch) -> LoadGen {
+/// pinned to `cpu`.
+fn sink(ns: &Netns, dev: &str, m: SinkMatch, cpu: usize) -> LoadGen {
     let mut lg = LoadGen::load().unwrap_or_else(|e| panic!("loading the XDP sink: {e}"));
     ns.within(|| lg.attach_match_sink(dev, m))
         .unwrap_or_else(|e| panic!("attaching the XDP sink to {dev}: {e}"));
-    napi_on_cpu(ns, dev, GEN_CPU);
+    napi_on_cpu(ns, dev, cpu);
     lg
 }
 
@@ -253,7 +291,7 @@ impl Rate {
 
 /// CPU-seconds the kernel spent in softirqs on the DUT CPU so far.
 fn kernel_dut_seconds() -> f64 {
-    CpuTimes::read(DUT_CPU).softirq as f64 * CpuTimes::tick()
+    CpuTimes::read(cpus().dut).softirq as f64 * CpuTimes::tick()
 }
 
 /// Measures `count` and `dut_seconds` over the window (call after the warm-up).
@@ -311,7 +349,7 @@ fn offered(ns: &Netns, dev: &str) -> u64 {
 
 /// The load generator on `dev` in `ns`, on CPU 0, as fast as it goes.
 fn generator(ns: &Netns, dev: &str, frame: Vec<u8>) -> Generator {
-    Generator::start(Some(ns), dev, frame, GEN_CPU)
+    Generator::start(Some(ns), dev, frame, cpus().generator)
 }
 
 fn vxlan_sink_match() -> SinkMatch {
@@ -384,7 +422,7 @@ fn kernel() -> KernelRun {
     // veth takes frames sent by XDP_TX only with NAPI on: GRO on (the default for a NIC).
     for dev in ["kund", "kvm0"] {
         host.run_ok(&["ethtool", "-K", dev, "gro", "on"]);
-        rps(&host, dev, DUT_CPU);
+        rps(&host, dev, cpus().dut);
     }
     let vm_mac = mac_str(VM_MAC);
     let rules = format!(
@@ -411,7 +449,7 @@ table bridge e2e_antispoof {{
         "nft: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let under_sink = sink(&gen_ns, "kgen", vxlan_sink_match());
+    let under_sink = sink(&gen_ns, "kgen", vxlan_sink_match(), cpus().generator);
     let vm_sink = sink(
         &vm,
         "kvm1",
@@ -420,6 +458,7 @@ table bridge e2e_antispoof {{
             dst: Some(VM_IP),
             vni: None,
         },
+        cpus().vm,
     );
     let established = || -> u64 {
         let r = host.run_ok(&["nft", "list", "chain", "inet", "e2e", "forward"]);
@@ -454,7 +493,7 @@ table bridge e2e_antispoof {{
         under_sink.match_counts().unwrap(),
     );
     println!(
-        "e2e: kernel VM → vxlan: {:.3} Mpps, CPU {DUT_CPU} softirq {:.0}% ({:.3} Mpps per \
+        "e2e: kernel VM → vxlan: {:.3} Mpps, DUT CPU softirq {:.0}% ({:.3} Mpps per \
          CPU-second), conntrack established +{}",
         from_vm_rate.mpps,
         from_vm_rate.dut_load * 100.0,
@@ -474,7 +513,7 @@ table bridge e2e_antispoof {{
     g.stop().expect("generator");
     check_sink("kernel vxlan → VM", before, vm_sink.match_counts().unwrap());
     println!(
-        "e2e: kernel vxlan → VM: {:.3} Mpps (offered {offered_mpps:.3}), CPU {DUT_CPU} \
+        "e2e: kernel vxlan → VM: {:.3} Mpps (offered {offered_mpps:.3}), DUT CPU \
          softirq {:.0}% ({:.3} Mpps per CPU-second), conntrack established +{}; kund \
          rx_dropped {}",
         to_vm_rate.mpps,
@@ -530,7 +569,8 @@ fn virtio_user(sock: &Path) -> String {
 }
 
 fn testpmd_lcores() -> String {
-    format!("{GEN_CPU}@{GEN_CPU},1@{GEN_CPU}")
+    let vm = cpus().vm;
+    format!("{vm}@{vm},1@{vm}")
 }
 
 fn butterfly() -> ButterflyRun {
@@ -543,8 +583,8 @@ fn butterfly() -> ButterflyRun {
     veth(&gen_ns, "bgen", &host, "bdut");
     setup_if(&gen_ns, "bgen", GEN_MAC, &format!("{GEN_IP}/24"));
     setup_if(&host, "bdut", DUT_MAC, &format!("{DUT_IP}/24"));
-    let under_sink = sink(&gen_ns, "bgen", vxlan_sink_match());
-    let cpu = DUT_CPU.to_string();
+    let under_sink = sink(&gen_ns, "bgen", vxlan_sink_match(), cpus().generator);
+    let cpu = cpus().dut.to_string();
     let d = Daemon::start(
         &host,
         dir.path(),
@@ -701,7 +741,7 @@ fn butterfly() -> ButterflyRun {
     let secs = (t1 - t0).as_secs_f64();
     let offered_mpps = (offered(&host, "bdut") - o0) as f64 / secs / 1e6;
     println!(
-        "e2e: CPU {GEN_CPU} during the window: testpmd: {}; bench: {}",
+        "e2e: CPU use during the window: testpmd: {}; bench: {}",
         thread_report(&pmd0, &thread_times(pmd.pid()), secs),
         thread_report(&me0, &thread_times(std::process::id()), secs)
     );
@@ -756,16 +796,18 @@ fn main() {
     }
     assert!(
         std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2,
-        "the e2e bench needs 2 CPUs (traffic on CPU {GEN_CPU}, device under test on CPU \
-         {DUT_CPU})"
+        "the e2e bench needs 2 CPUs (traffic and device under test on different CPUs)"
     );
+    let c = cpus();
     install_stop_signal();
     // Criterion-style arguments (`--bench`) are ignored. E2E_ONLY=kernel|butterfly runs
     // one side (for profiling).
     let only = std::env::var("E2E_ONLY").ok();
     println!(
-        "e2e: {FRAME_LEN}-byte inner frames, 1 flow, VNI {VNI}; traffic on CPU {GEN_CPU}, \
-         device under test on CPU {DUT_CPU}; {WARMUP:?} warm-up, {WINDOW:?} windows"
+        "e2e: {FRAME_LEN}-byte inner frames, 1 flow, VNI {VNI}; generator on CPU {}, \
+         device under test on CPU {}, VM (testpmd) on CPU {}; {WARMUP:?} warm-up, \
+         {WINDOW:?} windows",
+        c.generator, c.dut, c.vm
     );
     let k = (only.as_deref() != Some("butterfly")).then(kernel);
     let b = (only.as_deref() != Some("kernel")).then(butterfly);
@@ -774,9 +816,10 @@ fn main() {
         for (name, r) in [("vxlan_to_vm", k.to_vm), ("vm_to_vxlan", k.from_vm)] {
             println!(
                 "RESULT e2e.kernel_{name}: {:.3} Mpps ({:.3} Mpps per CPU-second, CPU \
-                 {DUT_CPU} softirq {:.0}%)",
+                 {} softirq {:.0}%)",
                 r.mpps,
                 r.per_cpu(),
+                c.dut,
                 r.dut_load * 100.0
             );
         }
