@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod deps;
+mod fuzz;
 mod guest;
 mod test;
 mod util;
@@ -44,7 +45,7 @@ enum Command {
     /// missing.
     Deps,
 
-    /// Run the whole test suite: deps, then cargo-nextest on the workspace, then doc tests.
+    /// Run the whole test suite: deps, cargo-nextest on the workspace, doc tests, fuzz build.
     ///
     /// Runs `cargo nextest run --workspace --no-fail-fast` (profile in .config/nextest.toml)
     /// and `cargo test --doc --workspace`. The end-to-end tests need root (network
@@ -71,6 +72,20 @@ enum Command {
         /// Skip `deps`.
         #[arg(long)]
         no_deps: bool,
+    },
+
+    /// Fuzz the packet parsers, the descriptor-chain handling and the XDP program.
+    ///
+    /// Runs `cargo +nightly fuzz run TARGET` for each cargo-fuzz target of `dataplane/fuzz`,
+    /// `vhost/fuzz` and `ebpf/fuzz` (the `ebpf` one needs root), starting from the committed
+    /// seeds. Installs the nightly toolchain and cargo-fuzz when missing. Exits non-zero
+    /// and names the reproducer when a target crashes.
+    Fuzz {
+        /// One target (e.g. `vtep_decap`, `chains`, `steer`); all when omitted.
+        target: Option<String>,
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
 
     /// Build the XDP programs (the butterfly-ebpf crate; its build.rs runs clang -target bpf).
@@ -115,6 +130,7 @@ fn main() -> ExitCode {
         } => test::run(no_deps, &nextest_args),
         Command::Bench { name, no_deps } => bench::run(name.as_deref(), no_deps),
         Command::Guest { force, no_deps } => guest_cmd(force, no_deps),
+        Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Command::BuildEbpf => util::cargo(&["build", "-p", "butterfly-ebpf"]),
         Command::Demo { no_deps } => demo::run(no_deps),
     };
