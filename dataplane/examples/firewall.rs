@@ -44,7 +44,7 @@ struct Args {
     /// An allow rule `DIR:PROTO[:PORTS][@CIDR]` (repeat for more). DIR is `in` (towards
     /// the inside) or `out`; PROTO `all`, `tcp`, `udp`, `icmp`, `icmpv6` or a number;
     /// PORTS `P` or `A-B` (destination, TCP/UDP); CIDR the peer (default 0.0.0.0/0).
-    /// Without any `out` rule, nothing leaves the inside.
+    /// Without any `out` rule only DHCP requests leave the inside.
     #[arg(long = "rule", value_name = "RULE", default_values = ["in:icmp", "out:all"])]
     rules: Vec<String>,
 
