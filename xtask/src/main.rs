@@ -14,6 +14,7 @@ mod demo;
 mod deps;
 mod fuzz;
 mod guest;
+mod install;
 mod test;
 mod util;
 
@@ -118,6 +119,32 @@ enum Command {
         #[arg(long)]
         no_deps: bool,
     },
+
+    /// Install butterflyd, butterfly, the systemd unit and shell completions.
+    ///
+    /// Builds the release binaries (unless --no-build), then installs into PREFIX/bin, the
+    /// unit into /etc/systemd/system (ExecStart pointing at PREFIX/bin/butterflyd), the
+    /// example configuration into /etc/butterfly, bash/zsh/fish completions under
+    /// PREFIX/share, and creates /var/lib/butterfly and /run/butterfly (0750). Idempotent:
+    /// files already right are left alone; every action is printed. Runs `systemctl
+    /// daemon-reload` when installing into / on a host where systemd runs.
+    Install {
+        /// Installation prefix of the binaries and completions.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Stage every path under this directory (for packages) instead of /.
+        #[arg(long)]
+        destdir: Option<std::path::PathBuf>,
+        /// Print what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not build: install the binaries already in target/<profile>/.
+        #[arg(long)]
+        no_build: bool,
+        /// Cargo profile of the binaries (`dev` installs target/debug).
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +160,19 @@ fn main() -> ExitCode {
         Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Command::BuildEbpf => util::cargo(&["build", "-p", "butterfly-ebpf"]),
         Command::Demo { no_deps } => demo::run(no_deps),
+        Command::Install {
+            prefix,
+            destdir,
+            dry_run,
+            no_build,
+            profile,
+        } => install::run(&install::Options {
+            prefix,
+            destdir,
+            dry_run,
+            no_build,
+            profile,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
