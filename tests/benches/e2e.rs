@@ -758,13 +758,15 @@ fn butterfly() -> ButterflyRun {
     let to_vm = (n1.to_vm - n0.to_vm) as f64 / (t1 - t0).as_secs_f64() / 1e6;
     println!(
         "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps; offered {offered_mpps:.3}), \
-         worker on CPU {:.0}%, \
-         waiting for it {:.0}% ({:.3} Mpps per CPU-second); butterflyd sent the VM {to_vm:.3} Mpps, idle NIC +{}, \
-         firewall+antispoof drops +{}",
+         worker on CPU {:.0}%, waiting for it {:.0}% ({:.3} Mpps per CPU-second); butterflyd \
+         handed the VM's vhost brick {to_vm:.3} Mpps ({:.3} per worker CPU-second, frames the \
+         vhost brick drops on a full ring included), idle NIC +{}, firewall+antispoof drops \
+         +{}",
         to_vm_rate.mpps,
         to_vm_rate.dut_load * 100.0,
         (w1 - w0) / (t1 - t0).as_secs_f64() * 100.0,
         to_vm_rate.per_cpu(),
+        to_vm / to_vm_rate.dut_load.max(1e-9),
         n1.to_idle - n0.to_idle,
         n1.dropped - n0.dropped
     );
