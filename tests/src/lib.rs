@@ -4,6 +4,7 @@
 //! the external tools they run) so that a missing privilege fails with a message that
 //! says what is missing instead of skipping silently.
 
+pub mod daemon;
 pub mod netns;
 pub mod qemu;
 pub mod tmp;
