@@ -6,12 +6,18 @@
 //!                                                    └─ switch-VNI ─┘
 //! ```
 //!
-//! - `underlay`: a [`Nic`] brick on an AF_XDP socket bound to queue 0 of `--nic`, whose
-//!   UMEM is the graph's frame pool; the XDP steering program (crate `butterfly-ebpf`)
-//!   sends only VXLAN to our VTEP IP (or to a joined flood group) on the VXLAN port to the
-//!   socket, everything else to the kernel.
-//! - `vtep`: our `--ip`, the underlay interface's MAC; each VNI floods to its static list
-//!   or to its multicast group (joined in the XDP program too).
+//! - `underlay`: a [`Nic`] brick, with one of two backends (`--nic-backend`):
+//!   - `afxdp` (default): an AF_XDP socket bound to queue 0 of `--nic`, whose UMEM is the
+//!     graph's frame pool; the XDP steering program (crate `butterfly-ebpf`) sends only
+//!     VXLAN to our VTEP IP (or to a joined flood group) on the VXLAN port to the socket,
+//!     everything else to the kernel.
+//!   - `dpdk` (cargo feature `dpdk`): queue 0 of DPDK port `--dpdk-port` after the EAL
+//!     is initialised with `--dpdk-args`. No XDP program: the port delivers every frame
+//!     to the VTEP, which answers ARP/NDP for the VTEP IP itself (the kernel does not own
+//!     the address); frames it does not take are dropped and counted there.
+//! - `vtep`: our `--ip`, the underlay's MAC (the interface's, or the DPDK port's); each
+//!   VNI floods to its static list or to its multicast group (joined in the XDP program
+//!   too, with AF_XDP).
 //! - per NIC the chain of [`super::topology`], the settings of [`super::translate`].
 //!
 //! Every change is computed on the API thread (new bricks are created there, so a bad
@@ -34,7 +40,7 @@ use packetgraph::{Brick, Clock, Graph, Pool, PoolConfig, Side, Worker, WorkerCon
 use super::topology::{Part, Step, Topology, UNDERLAY, VTEP};
 use super::{Dataplane, DataplaneError, NicCounters, translate};
 use crate::model::{Config, DesiredChange, NicType};
-use crate::settings::XdpMode;
+use crate::settings::{NicBackend, XdpMode};
 
 /// How to start a [`GraphDataplane`].
 #[derive(Debug, Clone)]
@@ -43,8 +49,14 @@ pub struct GraphSettings {
     pub nic: String,
     /// Our VTEP address.
     pub vtep_ip: IpAddr,
-    /// XDP attach mode.
+    /// XDP attach mode (AF_XDP backend).
     pub xdp_mode: XdpMode,
+    /// What drives the underlay.
+    pub nic_backend: NicBackend,
+    /// EAL arguments (DPDK backend), without the program name.
+    pub dpdk_args: Vec<String>,
+    /// DPDK port id of the underlay (DPDK backend).
+    pub dpdk_port: u16,
     /// CPU the worker is pinned to.
     pub worker_cpu: Option<usize>,
     /// Frames in the pool shared by the AF_XDP UMEM, the VTEP, the taps and vhost.
@@ -66,8 +78,8 @@ pub struct GraphDataplane {
     worker: Mutex<Option<Worker>>,
     steering: Mutex<Option<Arc<Mutex<Steering>>>>,
     state: Mutex<State>,
-    attached: AttachedMode,
-    zerocopy: bool,
+    /// What drives the underlay, for `status` (`"AF_XDP on eth0 (native, copy mode)"`).
+    underlay: String,
     /// Take static flood remotes' MACs from the kernel (off in unit tests, which must
     /// not send anything).
     kernel_neighbours: bool,
@@ -136,19 +148,102 @@ fn kernel_neighbour(ip: IpAddr) -> Option<[u8; 6]> {
     None
 }
 
+/// How `status` names an AF_XDP underlay.
+fn afxdp_description(nic: &str, attached: AttachedMode, zerocopy: bool) -> String {
+    format!(
+        "AF_XDP on {nic} ({}, {} mode)",
+        attached.as_str(),
+        if zerocopy { "zero-copy" } else { "copy" }
+    )
+}
+
+/// The message of a DPDK request to a butterflyd built without the `dpdk` feature.
+pub const NO_DPDK: &str = "--nic-backend dpdk: this butterflyd was built without DPDK support: \
+                           rebuild with --features dpdk";
+
 impl GraphDataplane {
-    /// Attaches the steering program to `settings.nic`, opens the AF_XDP socket, builds
-    /// the `underlay` and `vtep` bricks and starts the worker.
+    /// Starts the dataplane on the backend of `settings.nic_backend`: see
+    /// [`GraphDataplane::start_afxdp`] and `GraphDataplane::start_dpdk` (feature `dpdk`).
     ///
     /// # Errors
-    /// [`DataplaneError::Failed`] naming the step (no such interface, XDP refused, no
-    /// CAP_NET_ADMIN/CAP_BPF, worker thread).
+    /// [`DataplaneError::Failed`] naming the step; for DPDK without the `dpdk` feature,
+    /// [`NO_DPDK`].
     pub fn start(settings: GraphSettings) -> Result<GraphDataplane, DataplaneError> {
         let pool = Pool::new(PoolConfig {
             frame_count: settings.frames,
             ..PoolConfig::default()
         })
         .map_err(|e| failed("frame pool", e))?;
+        match settings.nic_backend {
+            NicBackend::Afxdp => GraphDataplane::start_afxdp(settings, pool),
+            #[cfg(feature = "dpdk")]
+            NicBackend::Dpdk => GraphDataplane::start_dpdk(settings, pool),
+            #[cfg(not(feature = "dpdk"))]
+            NicBackend::Dpdk => Err(DataplaneError::Failed(NO_DPDK.to_string())),
+        }
+    }
+
+    /// Initialises the EAL with `settings.dpdk_args` (in the calling thread's network
+    /// namespace: `--vdev` devices such as `net_af_packet0,iface=IF` bind there), opens
+    /// queue 0 of port `settings.dpdk_port` (promiscuous, RX and TX copied between mbufs
+    /// and the graph's frames), builds the `underlay` and `vtep` bricks (the VTEP MAC is
+    /// the port's) and starts the worker. No XDP program is attached.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Failed`] with the EAL's or the port's error and its usual fix
+    /// (hugepages, permissions, unknown devargs, no such port).
+    #[cfg(feature = "dpdk")]
+    pub fn start_dpdk(
+        settings: GraphSettings,
+        pool: Pool,
+    ) -> Result<GraphDataplane, DataplaneError> {
+        use packetgraph::bricks::nic::dpdk::{Dpdk, DpdkConfig, PortId, eal_init, port_names};
+        eal_init(&settings.dpdk_args).map_err(|e| failed("--dpdk-args: DPDK EAL", e))?;
+        let port = Dpdk::open(&DpdkConfig::new(PortId::Id(settings.dpdk_port)), &pool)
+            .map_err(|e| failed(&format!("--dpdk-port {}", settings.dpdk_port), e))?;
+        let mac = port
+            .mac()
+            .map_err(|e| failed(&format!("--dpdk-port {}", settings.dpdk_port), e))?;
+        let link = port.link().map(|l| l.up).unwrap_or(false);
+        let name = port.name().to_string();
+        let vtep = Vtep::new(pool.clone(), VtepConfig::new(settings.vtep_ip, mac))
+            .map_err(|e| failed("VTEP", e))?;
+        let description = format!(
+            "DPDK port {} ({name}, link {}), EAL '{}', no XDP program",
+            settings.dpdk_port,
+            if link { "up" } else { "down" },
+            settings.dpdk_args.join(" ")
+        );
+        let dp = GraphDataplane::assemble(
+            settings,
+            pool,
+            Box::new(Nic::new(port)),
+            vtep,
+            None,
+            description,
+        )?;
+        tracing::info!(
+            port = dp.settings.dpdk_port,
+            name,
+            mac = %mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            link_up = link,
+            ports = ?port_names(),
+            "DPDK dataplane started: no XDP program attached, the DPDK port receives every \
+             frame and the VTEP answers ARP/NDP for the VTEP IP"
+        );
+        Ok(dp)
+    }
+
+    /// Attaches the steering program to `settings.nic`, opens the AF_XDP socket, builds
+    /// the `underlay` and `vtep` bricks and starts the worker.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Failed`] naming the step (no such interface, XDP refused, no
+    /// CAP_NET_ADMIN/CAP_BPF, worker thread).
+    pub fn start_afxdp(
+        settings: GraphSettings,
+        pool: Pool,
+    ) -> Result<GraphDataplane, DataplaneError> {
         let mac = interface_mac(&settings.nic)?;
         let mut steering =
             Steering::load(Variant::Linear).map_err(|e| failed("loading the XDP program", e))?;
@@ -176,14 +271,14 @@ impl GraphDataplane {
         let zerocopy = xsk.is_zerocopy();
         let vtep = Vtep::new(pool.clone(), VtepConfig::new(settings.vtep_ip, mac))
             .map_err(|e| failed("VTEP", e))?;
+        let description = afxdp_description(&settings.nic, attached, zerocopy);
         let dp = GraphDataplane::assemble(
             settings,
             pool,
             Box::new(Nic::new(xsk)),
             vtep,
             Some(steering),
-            attached,
-            zerocopy,
+            description,
         )?;
         tracing::info!(
             nic = %dp.settings.nic,
@@ -201,8 +296,7 @@ impl GraphDataplane {
         underlay: Box<dyn Brick>,
         vtep: Vtep,
         steering: Option<Arc<Mutex<Steering>>>,
-        attached: AttachedMode,
-        zerocopy: bool,
+        description: String,
     ) -> Result<GraphDataplane, DataplaneError> {
         let steering_present = steering.is_some();
         let mut g = Graph::new("butterfly");
@@ -235,8 +329,7 @@ impl GraphDataplane {
                 flood: BTreeMap::new(),
                 groups: BTreeSet::new(),
             }),
-            attached,
-            zerocopy,
+            underlay: description,
             kernel_neighbours: steering_present,
         })
     }
@@ -515,10 +608,8 @@ impl GraphDataplane {
 impl Dataplane for GraphDataplane {
     fn describe(&self) -> String {
         format!(
-            "AF_XDP on {} ({}, {} mode), 1 worker{}",
-            self.settings.nic,
-            self.attached.as_str(),
-            if self.zerocopy { "zero-copy" } else { "copy" },
+            "{}, 1 worker{}",
+            self.underlay,
             self.settings
                 .worker_cpu
                 .map(|c| format!(" pinned to CPU {c}"))
@@ -587,11 +678,18 @@ impl Dataplane for GraphDataplane {
             }
         }
         // Dropping the steering program detaches it from the interface.
-        self.steering
+        let xdp = self
+            .steering
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
-        tracing::info!("dataplane stopped: XDP detached, sockets closed");
+            .take()
+            .is_some();
+        if xdp {
+            tracing::info!("dataplane stopped: XDP detached, sockets closed");
+        } else {
+            // The worker's graph is gone: a DPDK port was stopped and closed with it.
+            tracing::info!("dataplane stopped: underlay port closed, sockets closed");
+        }
     }
 }
 
@@ -616,6 +714,9 @@ mod tests {
                 nic: "test0".into(),
                 vtep_ip: ip,
                 xdp_mode: XdpMode::Auto,
+                nic_backend: NicBackend::Afxdp,
+                dpdk_args: Vec::new(),
+                dpdk_port: 0,
                 worker_cpu: None,
                 frames: 1024,
             },
@@ -623,8 +724,7 @@ mod tests {
             Box::new(Collect::new()),
             vtep,
             None,
-            AttachedMode::Generic,
-            false,
+            afxdp_description("test0", AttachedMode::Generic, false),
         )
         .unwrap()
     }
