@@ -16,7 +16,8 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/butterfly/state.json";
 pub const DEFAULT_VHOST_SOCKET_DIR: &str = "/run/butterfly/vhost";
 /// Default directory of packet traces.
 pub const DEFAULT_TRACE_DIR: &str = "/var/lib/butterfly/trace";
-/// Default underlay MTU, in bytes.
+/// Underlay MTU assumed when the underlay's own cannot be read (a DPDK driver without
+/// MTU support), in bytes.
 pub const DEFAULT_MTU: u32 = 1500;
 /// Smallest accepted underlay MTU, in bytes: the IPv6 minimum link MTU (RFC 8200 §5).
 pub const MIN_MTU: u32 = 1280;
@@ -107,8 +108,11 @@ pub struct Options {
     /// Pin the dataplane worker thread to this CPU [default: not pinned].
     #[arg(long, value_name = "CPU")]
     pub worker_cpu: Option<usize>,
-    /// Underlay MTU in bytes, 1280..=9216; VMs get MTU − 50 (IPv4 underlay) or − 70
-    /// (IPv6) [default: 1500].
+    /// Underlay MTU in bytes, 1280..=9216: encapsulated frames longer than this are
+    /// dropped (and counted as the VTEP's `drop_too_big`), never sent or fragmented; VMs
+    /// get MTU − 50 (IPv4 underlay) or − 70 (IPv6). Must not exceed the underlay
+    /// interface's (or DPDK port's) MTU: butterflyd refuses to start then. [default: the
+    /// underlay interface's MTU].
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
     /// XDP attach mode [default: auto].
@@ -160,8 +164,8 @@ pub struct Settings {
     pub trace_dir: PathBuf,
     /// Worker CPU.
     pub worker_cpu: Option<usize>,
-    /// Underlay MTU, bytes.
-    pub mtu: u32,
+    /// Underlay MTU asked for, bytes (`None`: the underlay interface's).
+    pub mtu: Option<u32>,
     /// XDP mode.
     pub xdp_mode: XdpMode,
     /// NIC backend.
@@ -281,8 +285,10 @@ impl Settings {
         if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() && !o.no_dataplane {
             return Err(invalid("ip", format!("{ip} cannot be a VTEP address")));
         }
-        let mtu = o.mtu.unwrap_or(DEFAULT_MTU);
-        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+        let mtu = o.mtu;
+        if let Some(mtu) = mtu
+            && !(MIN_MTU..=MAX_MTU).contains(&mtu)
+        {
             return Err(invalid(
                 "mtu",
                 format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}"),
@@ -382,7 +388,7 @@ mod tests {
         assert_eq!(s.state_file, PathBuf::from("/var/lib/butterfly/state.json"));
         assert_eq!(
             (s.mtu, s.xdp_mode, s.nic_backend),
-            (1500, XdpMode::Auto, NicBackend::Afxdp)
+            (None, XdpMode::Auto, NicBackend::Afxdp)
         );
         assert_eq!(
             (s.api_tcp.clone(), s.prometheus, s.worker_cpu),
@@ -477,7 +483,7 @@ mod tests {
         assert_eq!(s.ip, "2001:db8::1".parse::<IpAddr>().unwrap());
         assert_eq!(
             (s.mtu, s.xdp_mode, s.worker_cpu, s.no_dataplane),
-            (1600, XdpMode::Generic, Some(1), true)
+            (Some(1600), XdpMode::Generic, Some(1), true)
         );
     }
 

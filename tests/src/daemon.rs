@@ -40,7 +40,7 @@ use crate::{KillOnDrop, Netns, TempDir, Veth, unique_ifname, veth_pair};
 /// How long [`Host::start`] waits for the daemon's API to answer `status`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// MTU [`Host::plug`] gives a tap VM's interface unless the [`TapVm`] says otherwise, in
+/// MTU [`Host::plug`] gives a tap VM's interface by default ([`Host::tap_vm_mtu`]), in
 /// bytes (below the 1450 a 1500-byte IPv4 underlay leaves for guests).
 pub const TAP_VM_MTU: u32 = 1400;
 
@@ -135,6 +135,9 @@ pub struct Host {
     pub extra_args: Vec<String>,
     /// Print each daemon start and CLI command line (the demos' progress output).
     pub echo: bool,
+    /// MTU [`Host::try_tap_vm`] gives its VMs ([`TapVm::mtu`]; default
+    /// `Some(TAP_VM_MTU)`; `None` keeps the MTU butterflyd gave the tap).
+    pub tap_vm_mtu: Option<u32>,
     bins: PathBuf,
 }
 
@@ -156,6 +159,7 @@ impl Host {
             dir,
             extra_args: Vec::new(),
             echo: false,
+            tap_vm_mtu: Some(TAP_VM_MTU),
             bins: bins.to_path_buf(),
         }
     }
@@ -387,7 +391,7 @@ impl Host {
             id: id.to_string(),
             mac: mac.to_string(),
             ip: ip.to_string(),
-            mtu: Some(TAP_VM_MTU),
+            mtu: self.tap_vm_mtu,
         };
         self.plug(&vm);
         Ok(vm)

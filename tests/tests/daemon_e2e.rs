@@ -406,3 +406,112 @@ fn static_flood_lists_replace_the_multicast_group() {
         "b → a with static flood lists"
     );
 }
+
+/// The MTU of interface `dev` in `ns` (`ip -o link show`).
+fn link_mtu(ns: &butterfly_tests::Netns, dev: &str) -> u32 {
+    let out = ns.run_ok(&["ip", "-o", "link", "show", dev]);
+    let at = out.find(" mtu ").expect("mtu in ip link output") + 5;
+    out[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("bad mtu in {out}"))
+}
+
+/// The VTEP's `drop_too_big` counter in `butterfly status`.
+fn vtep_too_big(h: &butterfly_tests::daemon::Host) -> u64 {
+    let dot = h.cli(&["status"]);
+    let line = dot
+        .lines()
+        .find(|l| l.contains("\"vtep\" [xlabel="))
+        .unwrap_or_else(|| panic!("no vtep counters in {dot}"));
+    butterfly_tests::daemon::json_counter(
+        &line.replace("drop_too_big ", "\"drop_too_big\":"),
+        "drop_too_big",
+    )
+    .unwrap()
+}
+
+#[test]
+fn mtu_vms_get_underlay_minus_50_df_pings_fit_and_the_vtep_drops_bigger() {
+    prerequisites();
+    // Host 1 takes its underlay's MTU (1500), host 2 is told --mtu 1400.
+    let mut lab = Lab::new("bdm", ["10.99.0.1", "10.99.0.2"]);
+    lab.hosts[1].extra_args = vec!["--mtu".into(), "1400".into()];
+    for h in &mut lab.hosts {
+        h.tap_vm_mtu = None;
+    }
+    lab.start();
+    assert!(
+        lab.hosts[0]
+            .cli(&["status"])
+            .contains("underlay MTU 1500, VM MTU 1450"),
+        "host 1 MTUs"
+    );
+    assert!(
+        lab.hosts[1]
+            .cli(&["status"])
+            .contains("underlay MTU 1400, VM MTU 1350"),
+        "host 2 MTUs"
+    );
+    let a = vm(&mut lab, 0, 42, "10.0.42.1", &["--bypass-filtering"]);
+    let b = vm(&mut lab, 1, 42, "10.0.42.2", &["--bypass-filtering"]);
+    let (va, vb) = (&lab.vms[a], &lab.vms[b]);
+    assert_eq!(link_mtu(&va.ns, &va.id), 1450, "a's tap: 1500 − 50");
+    assert_eq!(link_mtu(&vb.ns, &vb.id), 1350, "b's tap: 1400 − 50");
+    assert!(va.reach("10.0.42.2"), "a → b\n{}", lab.logs());
+
+    // DF pings of exactly b's MTU (1350-byte IP packets: 1322 bytes of ICMP data) pass
+    // both ways; one byte more cannot leave b (its MTU).
+    let df = |vm: &butterfly_tests::daemon::TapVm, size: u32, dst: &str| {
+        vm.ns
+            .run(&[
+                "ping",
+                "-M",
+                "do",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-s",
+                &size.to_string(),
+                dst,
+            ])
+            .status
+            .success()
+    };
+    assert!(df(va, 1322, "10.0.42.2"), "DF ping at the MTU a → b");
+    assert!(df(vb, 1322, "10.0.42.1"), "DF ping at the MTU b → a");
+    assert!(!df(vb, 1323, "10.0.42.1"), "DF ping above b's MTU left b");
+
+    // A guest that ignores its MTU: b's interface raised to 1450, 1428-byte packets
+    // would make 1478-byte outer packets on host 2's 1400-byte underlay: its VTEP drops
+    // and counts them instead of sending them.
+    vb.ns.run_ok(&["ip", "link", "set", &vb.id, "mtu", "1450"]);
+    let before = vtep_too_big(&lab.hosts[1]);
+    assert!(!df(vb, 1400, "10.0.42.1"), "oversized frames crossed");
+    let after = vtep_too_big(&lab.hosts[1]);
+    assert!(
+        after >= before + 2,
+        "host 2's VTEP dropped {} of 2 oversized frames",
+        after - before
+    );
+    assert!(
+        df(vb, 1322, "10.0.42.1"),
+        "frames within the MTU still pass"
+    );
+
+    // --mtu above the interface's: butterflyd refuses to start and says why.
+    let st = lab.hosts[1].terminate();
+    assert!(st.success(), "SIGTERM: {st}");
+    lab.hosts[1].extra_args = vec!["--mtu".into(), "1600".into()];
+    let e = lab.hosts[1]
+        .try_start()
+        .expect_err("butterflyd started with --mtu above the interface's");
+    assert!(
+        e.contains("--mtu 1600: the underlay interface") && e.contains("has MTU 1500"),
+        "unclear MTU error: {e}"
+    );
+}

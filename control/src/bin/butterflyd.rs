@@ -101,7 +101,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         nic = %settings.nic,
         vtep = %settings.ip,
-        mtu = settings.mtu,
+        mtu = ?settings.mtu,
         xdp_mode = ?settings.xdp_mode,
         nic_backend = ?settings.nic_backend,
         worker_cpu = ?settings.worker_cpu,
@@ -134,6 +134,7 @@ async fn run(settings: Settings) -> Result<(), String> {
             nic_backend: settings.nic_backend,
             dpdk_args: settings.dpdk_args.clone(),
             dpdk_port: settings.dpdk_port,
+            mtu: settings.mtu,
             worker_cpu: settings.worker_cpu,
             frames: 8192,
         })

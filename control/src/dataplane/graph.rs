@@ -34,6 +34,7 @@ use butterfly_ebpf::{AttachMode, AttachedMode, Steering, Variant};
 use butterfly_vhost::{Endpoint, Vhost};
 use packetgraph::bricks::firewall::{FirewallConfig, FirewallCounters};
 use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig, ZeroCopy};
+use packetgraph::bricks::vtep::EncapDrop;
 use packetgraph::bricks::{Antispoof, Firewall, Flood, Nic, Print, Switch, Tap, Vtep, VtepConfig};
 use packetgraph::{Brick, Clock, Graph, Pool, PoolConfig, Side, Worker, WorkerConfig};
 
@@ -57,6 +58,8 @@ pub struct GraphSettings {
     pub dpdk_args: Vec<String>,
     /// DPDK port id of the underlay (DPDK backend).
     pub dpdk_port: u16,
+    /// Underlay MTU asked for (`--mtu`), bytes; `None`: the underlay's own.
+    pub mtu: Option<u32>,
     /// CPU the worker is pinned to.
     pub worker_cpu: Option<usize>,
     /// Frames in the pool shared by the AF_XDP UMEM, the VTEP, the taps and vhost.
@@ -80,6 +83,8 @@ pub struct GraphDataplane {
     state: Mutex<State>,
     /// What drives the underlay, for `status` (`"AF_XDP on eth0 (native, copy mode)"`).
     underlay: String,
+    /// The MTUs in force, see [`Mtu`].
+    mtu: Mtu,
     /// Take static flood remotes' MACs from the kernel (off in unit tests, which must
     /// not send anything).
     kernel_neighbours: bool,
@@ -148,6 +153,111 @@ fn kernel_neighbour(ip: IpAddr) -> Option<[u8; 6]> {
     None
 }
 
+/// The MTUs butterflyd works with, in bytes.
+///
+/// `underlay` is `--mtu` when given (it must not exceed the interface's or DPDK port's
+/// MTU: a larger one would make the NIC drop what the VTEP sends), else the underlay's
+/// own MTU; it is capped by what one frame of the pool holds (frame size − headroom −
+/// Ethernet header). The VTEP drops and counts (`drop_too_big`) encapsulated frames whose
+/// outer IP packet exceeds it. VMs get `underlay − 50` on an IPv4 underlay (outer IPv4
+/// 20 + UDP 8 + VXLAN 8 + inner Ethernet 14, RFC 7348 §5) or `− 70` on IPv6 (IPv6
+/// header 40): tap NICs are created with that MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mtu {
+    /// Largest outer IP packet sent on the underlay.
+    pub underlay: u32,
+    /// The VMs' (inner IP) MTU.
+    pub vm: u32,
+}
+
+impl Mtu {
+    /// The MTUs for `asked` (`--mtu`) on an underlay whose own MTU is `link` (named
+    /// `what` in errors), for VTEP address `vtep_ip`, with frames of `pool`.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Failed`] when `asked` exceeds `link`, or when the result leaves
+    /// VMs less than the IPv6 minimum of 1280 bytes (RFC 8200 §5).
+    pub fn resolve(
+        asked: Option<u32>,
+        link: u32,
+        what: &str,
+        vtep_ip: IpAddr,
+        pool: &Pool,
+    ) -> Result<Mtu, DataplaneError> {
+        use crate::settings::{MAX_MTU, MIN_MTU};
+        let underlay = match asked {
+            Some(m) if m > link => {
+                return Err(DataplaneError::Failed(format!(
+                    "--mtu {m}: the underlay {what} has MTU {link}; raise it (ip link set \
+                     dev IFACE mtu {m}) or give --mtu {link} or less"
+                )));
+            }
+            Some(m) => m,
+            None => link.min(MAX_MTU),
+        };
+        let frame_ip = (pool.frame_size() - pool.headroom()) as u32 - 14;
+        if underlay > frame_ip {
+            tracing::warn!(
+                mtu = underlay,
+                limit = frame_ip,
+                "frames of the pool hold IP packets of at most {frame_ip} bytes: the \
+                 underlay MTU is limited to that"
+            );
+        }
+        let underlay = underlay.min(frame_ip);
+        let overhead = if vtep_ip.is_ipv6() { 70 } else { 50 };
+        let vm = underlay.saturating_sub(overhead);
+        if underlay < MIN_MTU {
+            return Err(DataplaneError::Failed(format!(
+                "the underlay {what} has MTU {underlay}, below the {MIN_MTU} bytes VXLAN \
+                 needs (VMs would get {vm}): raise it"
+            )));
+        }
+        Ok(Mtu { underlay, vm })
+    }
+}
+
+/// The MTU of kernel interface `ifname` (`/sys/class/net/IF/mtu`), bytes.
+fn interface_mtu(ifname: &str) -> Result<u32, DataplaneError> {
+    let path = format!("/sys/class/net/{ifname}/mtu");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| failed(&format!("--nic {ifname}: reading {path}"), e))?;
+    text.trim().parse().map_err(|e| failed(&path, e))
+}
+
+/// Sets the MTU of kernel interface `ifname` (SIOCSIFMTU), bytes.
+fn set_interface_mtu(ifname: &str, mtu: u32) -> std::io::Result<()> {
+    let name = ifname.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    // SAFETY: fd is an open socket; req is a valid ifreq with a NUL-terminated name
+    // (zeroed beyond it) and the MTU set, as SIOCSIFMTU expects.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCSIFMTU as _, &req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    if r < 0 { Err(err) } else { Ok(()) }
+}
+
+/// The VTEP's configuration: address, underlay MAC, MTU limit.
+fn vtep_config(ip: IpAddr, mac: [u8; 6], mtu: Mtu) -> VtepConfig {
+    let mut c = VtepConfig::new(ip, mac);
+    c.underlay_mtu = Some(u16::try_from(mtu.underlay).unwrap_or(u16::MAX));
+    c
+}
+
 /// How `status` names an AF_XDP underlay.
 fn afxdp_description(nic: &str, attached: AttachedMode, zerocopy: bool) -> String {
     format!(
@@ -206,7 +316,19 @@ impl GraphDataplane {
             .map_err(|e| failed(&format!("--dpdk-port {}", settings.dpdk_port), e))?;
         let link = port.link().map(|l| l.up).unwrap_or(false);
         let name = port.name().to_string();
-        let vtep = Vtep::new(pool.clone(), VtepConfig::new(settings.vtep_ip, mac))
+        let port_mtu = port.mtu().map(u32::from).unwrap_or_else(|e| {
+            let d = crate::settings::DEFAULT_MTU;
+            tracing::warn!(error = %e, "DPDK port MTU unknown: assuming {d}");
+            d
+        });
+        let mtu = Mtu::resolve(
+            settings.mtu,
+            port_mtu,
+            &format!("DPDK port {} ({name})", settings.dpdk_port),
+            settings.vtep_ip,
+            &pool,
+        )?;
+        let vtep = Vtep::new(pool.clone(), vtep_config(settings.vtep_ip, mac, mtu))
             .map_err(|e| failed("VTEP", e))?;
         let description = format!(
             "DPDK port {} ({name}, link {}), EAL '{}', no XDP program",
@@ -221,6 +343,7 @@ impl GraphDataplane {
             vtep,
             None,
             description,
+            mtu,
         )?;
         tracing::info!(
             port = dp.settings.dpdk_port,
@@ -245,6 +368,13 @@ impl GraphDataplane {
         pool: Pool,
     ) -> Result<GraphDataplane, DataplaneError> {
         let mac = interface_mac(&settings.nic)?;
+        let mtu = Mtu::resolve(
+            settings.mtu,
+            interface_mtu(&settings.nic)?,
+            &format!("interface {}", settings.nic),
+            settings.vtep_ip,
+            &pool,
+        )?;
         let mut steering =
             Steering::load(Variant::Linear).map_err(|e| failed("loading the XDP program", e))?;
         steering
@@ -269,7 +399,7 @@ impl GraphDataplane {
         xsk.register(&steering)
             .map_err(|e| failed("registering the AF_XDP socket", e))?;
         let zerocopy = xsk.is_zerocopy();
-        let vtep = Vtep::new(pool.clone(), VtepConfig::new(settings.vtep_ip, mac))
+        let vtep = Vtep::new(pool.clone(), vtep_config(settings.vtep_ip, mac, mtu))
             .map_err(|e| failed("VTEP", e))?;
         let description = afxdp_description(&settings.nic, attached, zerocopy);
         let dp = GraphDataplane::assemble(
@@ -279,6 +409,7 @@ impl GraphDataplane {
             vtep,
             Some(steering),
             description,
+            mtu,
         )?;
         tracing::info!(
             nic = %dp.settings.nic,
@@ -297,7 +428,13 @@ impl GraphDataplane {
         vtep: Vtep,
         steering: Option<Arc<Mutex<Steering>>>,
         description: String,
+        mtu: Mtu,
     ) -> Result<GraphDataplane, DataplaneError> {
+        tracing::info!(
+            underlay_mtu = mtu.underlay,
+            vm_mtu = mtu.vm,
+            "MTU: encapsulated frames above the underlay MTU are dropped (drop_too_big)"
+        );
         let steering_present = steering.is_some();
         let mut g = Graph::new("butterfly");
         let setup = (|| {
@@ -330,6 +467,7 @@ impl GraphDataplane {
                 groups: BTreeSet::new(),
             }),
             underlay: description,
+            mtu,
             kernel_neighbours: steering_present,
         })
     }
@@ -365,12 +503,17 @@ impl GraphDataplane {
                 nic_type,
                 socket_path,
             } => match nic_type {
-                NicType::Tap => Box::new(Tap::new(nic, self.pool.clone()).map_err(|e| {
-                    DataplaneError::Refused {
-                        field: "id".into(),
-                        reason: format!("cannot create tap interface '{nic}': {e}"),
+                NicType::Tap => {
+                    let tap =
+                        Tap::new(nic, self.pool.clone()).map_err(|e| DataplaneError::Refused {
+                            field: "id".into(),
+                            reason: format!("cannot create tap interface '{nic}': {e}"),
+                        })?;
+                    if let Err(e) = set_interface_mtu(tap.name(), self.mtu.vm) {
+                        tracing::warn!(tap = tap.name(), mtu = self.mtu.vm, error = %e, "tap MTU");
                     }
-                })?),
+                    Box::new(tap)
+                }
                 NicType::VhostUserServer | NicType::VhostUserClient => {
                     let path = socket_path.clone().ok_or_else(|| DataplaneError::Refused {
                         field: "socket_path".into(),
@@ -608,8 +751,10 @@ impl GraphDataplane {
 impl Dataplane for GraphDataplane {
     fn describe(&self) -> String {
         format!(
-            "{}, 1 worker{}",
+            "{}, underlay MTU {}, VM MTU {}, 1 worker{}",
             self.underlay,
+            self.mtu.underlay,
+            self.mtu.vm,
             self.settings
                 .worker_cpu
                 .map(|c| format!(" pinned to CPU {c}"))
@@ -655,8 +800,16 @@ impl Dataplane for GraphDataplane {
             names.sort();
             for n in names {
                 if let Ok(st) = g.stats(&n) {
+                    // The VTEP's MTU drops too (frames too big for the underlay).
+                    let extra = match g.get::<Vtep>(&n) {
+                        Ok(v) => format!(
+                            " / drop_too_big {}",
+                            v.stats().encap_drop(EncapDrop::TooBig)
+                        ),
+                        Err(_) => String::new(),
+                    };
                     out.push_str(&format!(
-                        "  \"{n}\" [xlabel=\"W rx {} tx {} / E rx {} tx {}\"];\n",
+                        "  \"{n}\" [xlabel=\"W rx {} tx {} / E rx {} tx {}{extra}\"];\n",
                         st.west.rx_packets,
                         st.west.tx_packets,
                         st.east.rx_packets,
@@ -717,6 +870,7 @@ mod tests {
                 nic_backend: NicBackend::Afxdp,
                 dpdk_args: Vec::new(),
                 dpdk_port: 0,
+                mtu: None,
                 worker_cpu: None,
                 frames: 1024,
             },
@@ -725,6 +879,10 @@ mod tests {
             vtep,
             None,
             afxdp_description("test0", AttachedMode::Generic, false),
+            Mtu {
+                underlay: 1500,
+                vm: 1450,
+            },
         )
         .unwrap()
     }
@@ -916,11 +1074,40 @@ mod tests {
     }
 
     #[test]
+    fn mtu_is_asked_or_the_links_never_above_it_and_vms_get_50_or_70_less() {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 16,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let r = |asked, link, ip| Mtu::resolve(asked, link, "interface eth0", ip, &pool);
+        assert_eq!(
+            r(None, 1500, v4).unwrap(),
+            Mtu {
+                underlay: 1500,
+                vm: 1450
+            }
+        );
+        assert_eq!(r(None, 1500, v6).unwrap().vm, 1430);
+        assert_eq!(r(Some(1400,), 1500, v4).unwrap().vm, 1350);
+        let e = r(Some(1600), 1500, v4).unwrap_err().to_string();
+        assert!(
+            e.contains("--mtu 1600: the underlay interface eth0 has MTU 1500"),
+            "{e}"
+        );
+        assert!(r(None, 1000, v4).is_err(), "below 1280");
+        // Jumbo links: capped by what a frame of the pool holds (2048 − 256 − 14).
+        assert_eq!(r(None, 9000, v4).unwrap().underlay, 1778);
+    }
+
+    #[test]
     fn describe_names_the_interface_and_mode() {
         let dp = dataplane();
         assert_eq!(
             dp.describe(),
-            "AF_XDP on test0 (generic, copy mode), 1 worker"
+            "AF_XDP on test0 (generic, copy mode), underlay MTU 1500, VM MTU 1450, 1 worker"
         );
         dp.shutdown();
         assert!(matches!(
