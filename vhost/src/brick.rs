@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, TryLockError};
 use packetgraph::{Brick, BrickError, Burst, Emit, Poles, Pool, Side};
 use virtio_queue::QueueT;
 
-use crate::device::{DeviceState, RX_QUEUE, TX_QUEUE};
+use crate::device::{DeviceState, MtuError, RX_QUEUE, TX_QUEUE};
 use crate::protocol::{ControlThread, Endpoint, ProtocolError};
 use crate::virtq::{RxStats, RxVirtio, TxStats, TxVirtio, notify};
 
@@ -27,6 +27,9 @@ pub enum VhostError {
     /// The vhost-user socket could not be set up.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The MTU given to [`Vhost::with_mtu`] is below 68 bytes.
+    #[error(transparent)]
+    Mtu(#[from] MtuError),
 }
 
 /// Brick counters beyond the per-side packet counts the graph keeps.
@@ -89,6 +92,31 @@ impl Vhost {
             rx: RxVirtio::default(),
             stats: VhostStats::default(),
         }
+    }
+
+    /// Advertises `mtu` (bytes, 68..=65535) to the guest: `VIRTIO_NET_F_MTU` is offered and
+    /// the virtio-net config space `mtu` field (VIRTIO 1.2 §5.1.4) holds it, served by
+    /// `GET_CONFIG` (protocol features `CONFIG` and `MTU` are then offered too). `None`
+    /// advertises none (the default). Call it before the frontend connects: a connected
+    /// frontend sees the change at its next connection.
+    ///
+    /// QEMU takes the value it shows the guest from its own `host_mtu` property (which it
+    /// only keeps when the backend offers `VIRTIO_NET_F_MTU`): pass the same MTU there, e.g.
+    /// `-device virtio-net-pci,netdev=n0,host_mtu=1450`.
+    ///
+    /// # Errors
+    /// [`VhostError::Mtu`] when `mtu` is below 68.
+    pub fn with_mtu(self, mtu: Option<u16>) -> Result<Vhost, VhostError> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_mtu(mtu)?;
+        Ok(self)
+    }
+
+    /// The MTU advertised to the guest (see [`Vhost::with_mtu`]).
+    pub fn mtu(&self) -> Option<u16> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).mtu
     }
 
     /// The device state shared with the control thread.
@@ -386,6 +414,29 @@ mod tests {
         assert_eq!(pool.available(), 8);
         assert_eq!(out.empty_bursts(), 0);
         assert!(out.pending().is_empty());
+    }
+
+    #[test]
+    fn with_mtu_sets_the_advertised_mtu_and_refuses_below_68() {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 8,
+            ..Default::default()
+        })
+        .unwrap();
+        let shared = Arc::new(Mutex::new(DeviceState::default()));
+        let v = Vhost::with_state(shared.clone(), pool.clone())
+            .with_mtu(Some(1450))
+            .unwrap();
+        assert_eq!(v.mtu(), Some(1450));
+        assert_ne!(
+            shared.lock().unwrap().offered_features() & crate::device::VIRTIO_NET_F_MTU,
+            0
+        );
+        let e = Vhost::with_state(Arc::new(Mutex::new(DeviceState::default())), pool)
+            .with_mtu(Some(67))
+            .unwrap_err();
+        assert!(matches!(e, VhostError::Mtu(MtuError(67))));
+        assert_eq!(v.with_mtu(None).unwrap().mtu(), None);
     }
 
     #[test]

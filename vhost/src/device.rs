@@ -22,6 +22,9 @@ use crate::virtq::{GuestMem, NetConfig};
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
 /// Driver handles partial checksums from the device.
 pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// Device reports its maximum MTU in the config space `mtu` field (VIRTIO 1.2 §5.1.3,
+/// §5.1.4).
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// Driver can merge receive buffers.
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 /// Indirect descriptor tables (VIRTIO 1.2 §2.7.5.3).
@@ -41,6 +44,18 @@ pub const OFFERED_FEATURES: u64 = VIRTIO_NET_F_CSUM
     | VIRTIO_RING_F_EVENT_IDX
     | VHOST_USER_F_PROTOCOL_FEATURES
     | VIRTIO_F_VERSION_1;
+
+/// Smallest MTU a device may advertise, in bytes (VIRTIO 1.2 §5.1.4.1: the device MUST
+/// NOT set `mtu` below 68).
+pub const MIN_MTU: u16 = 68;
+/// Length of the virtio-net config space served by `GET_CONFIG`, in bytes: `mac` (6),
+/// `status` (2), `max_virtqueue_pairs` (2), `mtu` (2) (VIRTIO 1.2 §5.1.4).
+pub const NET_CONFIG_LEN: usize = 12;
+
+/// An MTU outside `MIN_MTU..=65535`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("MTU {0} below the virtio minimum of 68 bytes")]
+pub struct MtuError(pub u16);
 
 /// Index of the receive queue (device → driver) of the queue pair.
 pub const RX_QUEUE: usize = 0;
@@ -128,6 +143,12 @@ pub struct DeviceState {
     pub connected: bool,
     /// Connections accepted so far.
     pub connections: u64,
+    /// MTU advertised to the driver (bytes, `MIN_MTU..=65535`): when set,
+    /// `VIRTIO_NET_F_MTU` is offered and the config space `mtu` field holds it. It is
+    /// configuration, kept across connections and resets. Set with [`DeviceState::set_mtu`].
+    pub mtu: Option<u16>,
+    /// MTU the frontend announced with `NET_SET_MTU` (bytes), if any.
+    pub frontend_mtu: Option<u16>,
 }
 
 impl Default for DeviceState {
@@ -141,6 +162,8 @@ impl Default for DeviceState {
             net: NetConfig::default(),
             connected: false,
             connections: 0,
+            mtu: None,
+            frontend_mtu: None,
         }
     }
 }
@@ -155,6 +178,42 @@ impl DeviceState {
             && v.started
             && v.queue.ready()
             && (v.enabled || self.features & VHOST_USER_F_PROTOCOL_FEATURES == 0)
+    }
+
+    /// Sets (or clears, `None`) the MTU advertised to the driver, in bytes. Takes effect at
+    /// the frontend's next `GET_FEATURES` (the next connection for a running one).
+    ///
+    /// # Errors
+    /// [`MtuError`] when `mtu` is below [`MIN_MTU`] (68); the MTU is then unchanged.
+    pub fn set_mtu(&mut self, mtu: Option<u16>) -> Result<(), MtuError> {
+        if let Some(m) = mtu
+            && m < MIN_MTU
+        {
+            return Err(MtuError(m));
+        }
+        self.mtu = mtu;
+        Ok(())
+    }
+
+    /// Virtio features offered to the frontend: [`OFFERED_FEATURES`], plus
+    /// [`VIRTIO_NET_F_MTU`] when an MTU is set.
+    pub fn offered_features(&self) -> u64 {
+        if self.mtu.is_some() {
+            OFFERED_FEATURES | VIRTIO_NET_F_MTU
+        } else {
+            OFFERED_FEATURES
+        }
+    }
+
+    /// The virtio-net device config space (VIRTIO 1.2 §5.1.4, little endian): `mac` zero
+    /// (`VIRTIO_NET_F_MAC` not offered: the frontend picks the MAC), `status` 0
+    /// (`VIRTIO_NET_F_STATUS` not offered: the link is up), `max_virtqueue_pairs` 1, `mtu`
+    /// the configured MTU (0 when none is set: then `VIRTIO_NET_F_MTU` is not offered).
+    pub fn config_space(&self) -> [u8; NET_CONFIG_LEN] {
+        let mut c = [0u8; NET_CONFIG_LEN];
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[10..12].copy_from_slice(&self.mtu.unwrap_or(0).to_le_bytes());
+        c
     }
 
     /// Records the virtio features the driver acked.
@@ -252,6 +311,7 @@ impl DeviceState {
     pub fn reset(&mut self, keep_memory: bool) -> Option<GuestMem> {
         self.vrings = [Vring::new(), Vring::new()];
         self.features = 0;
+        self.frontend_mtu = None;
         self.net = NetConfig::default();
         if keep_memory {
             None
