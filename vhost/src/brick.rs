@@ -192,10 +192,11 @@ impl Brick for Vhost {
             return Ok(0);
         }
         let st = &mut *guard;
-        let Some(mem) = st.mem.as_ref() else {
+        let Some(mem) = st.map.as_ref() else {
             return Ok(0);
         };
         let vring = &mut st.vrings[TX_QUEUE];
+        let since = vring.queue.next_used();
         let mut burst = Burst::new();
         let taken = self.tx.pop_frames(
             &mut vring.queue,
@@ -205,7 +206,7 @@ impl Brick for Vhost {
             packetgraph::BURST_SIZE,
             &mut burst,
         );
-        if taken > 0 && notify(&mut vring.queue, mem, vring.call.as_ref()) {
+        if taken > 0 && notify(&vring.queue, mem, vring.call.as_ref(), since) {
             self.stats.notifications += 1;
         }
         drop(guard);
@@ -237,21 +238,15 @@ impl Brick for Vhost {
             return Ok(());
         }
         let st = &mut *guard;
-        let Some(mem) = st.mem.as_ref() else {
+        let Some(mem) = st.map.as_ref() else {
             return Ok(());
         };
         let vring = &mut st.vrings[RX_QUEUE];
-        let mut delivered = 0;
-        for p in pkts.iter() {
-            if self
-                .rx
-                .push_frame(&mut vring.queue, mem, st.net, p.data())
-                .is_ok()
-            {
-                delivered += 1;
-            }
-        }
-        if delivered > 0 && notify(&mut vring.queue, mem, vring.call.as_ref()) {
+        let since = vring.queue.next_used();
+        let delivered =
+            self.rx
+                .push_burst(&mut vring.queue, mem, st.net, pkts.iter().map(|p| p.data()));
+        if delivered > 0 && notify(&vring.queue, mem, vring.call.as_ref(), since) {
             self.stats.notifications += 1;
         }
         Ok(())

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestRegionMmap};
 
+use crate::guest_map::GuestMap;
 use crate::net_hdr::{NET_HDR_LEN_LEGACY, NET_HDR_LEN_V1};
-use crate::virtq::{GuestMem, NetConfig};
+use crate::virtq::{GuestMem, NetConfig, SplitRing};
 
 /// Device handles partial checksums from the driver (VIRTIO 1.2 §5.1.3).
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
@@ -129,6 +130,8 @@ pub struct MemRegion {
 pub struct DeviceState {
     /// Guest memory built from `regions` (None until the first memory table).
     pub mem: Option<GuestMem>,
+    /// The packet path's translation snapshot of `mem` (rebuilt with it).
+    pub map: Option<GuestMap>,
     /// The regions of `mem`.
     pub regions: Vec<MemRegion>,
     /// Receive and transmit virtqueues.
@@ -155,6 +158,7 @@ impl Default for DeviceState {
     fn default() -> Self {
         DeviceState {
             mem: None,
+            map: None,
             regions: Vec::new(),
             vrings: [Vring::new(), Vring::new()],
             features: 0,
@@ -174,7 +178,7 @@ impl DeviceState {
     #[inline]
     pub fn ring_ready(&self, i: usize) -> bool {
         let v = &self.vrings[i];
-        self.mem.is_some()
+        self.map.is_some()
             && v.started
             && v.queue.ready()
             && (v.enabled || self.features & VHOST_USER_F_PROTOCOL_FEATURES == 0)
@@ -250,6 +254,7 @@ impl DeviceState {
     /// A message when the regions overlap.
     pub fn rebuild_memory(&mut self) -> Result<Option<GuestMem>, String> {
         let old = self.mem.take();
+        self.map = None;
         if self.regions.is_empty() {
             return Ok(old);
         }
@@ -257,6 +262,7 @@ impl DeviceState {
         let mem =
             GuestMem::from_arc_regions(self.regions.iter().map(|r| r.mapping.clone()).collect())
                 .map_err(|e| format!("guest memory regions: {e}"))?;
+        self.map = Some(GuestMap::new(&mem));
         self.mem = Some(mem);
         // Vring addresses are translated through the regions: redo it.
         for i in 0..NUM_QUEUES {
@@ -288,7 +294,13 @@ impl DeviceState {
             && q.try_set_avail_ring_address(GuestAddress(av)).is_ok()
             && q.try_set_used_ring_address(GuestAddress(u)).is_ok();
         q.set_ready(ok);
-        let valid = ok && self.mem.as_ref().is_some_and(|m| q.is_valid(m));
+        // The packet path also wants each ring inside one region (as DPDK's vhost does).
+        let valid = ok
+            && self.mem.as_ref().is_some_and(|m| q.is_valid(m))
+            && self
+                .map
+                .as_ref()
+                .is_some_and(|m| SplitRing::new(q, m).is_some());
         if !valid {
             tracing::warn!(ring = i, "vring does not fit in guest memory");
             q.set_ready(false);
@@ -318,6 +330,7 @@ impl DeviceState {
         } else {
             self.protocol_features = 0;
             self.regions.clear();
+            self.map = None;
             self.mem.take()
         }
     }
