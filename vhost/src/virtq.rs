@@ -463,6 +463,32 @@ fn copy_chain(
     hdr_len: usize,
 ) -> Result<bool, ChainError> {
     let max = pkt.tailroom();
+    // The common case: one read-only descriptor (no `NEXT`, not indirect) in one region:
+    // one translation, the header read aside, the frame copied once to its place.
+    if head < ring.size {
+        let d = ring.desc(head);
+        let len = d.len as usize;
+        if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) == 0
+            && len > hdr_len
+            && len <= max
+            && let Some(src) = ring.map.translate(d.addr, len)
+        {
+            let mut hb = [0u8; crate::net_hdr::NET_HDR_LEN_V1];
+            let hb = &mut hb[..hdr_len.min(crate::net_hdr::NET_HDR_LEN_V1)];
+            // SAFETY: `translate` checked that `src` points to `len` > `hdr_len` mapped
+            // guest bytes; `hb` holds at most `hdr_len` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(src, hb.as_mut_ptr(), hb.len()) };
+            let hdr = NetHdr::parse(hb, hdr_len)?;
+            let dst = pkt
+                .append(len - hdr_len)
+                .map_err(|_| ChainError::TooLong(max - hdr_len))?;
+            // SAFETY: as above, `src + hdr_len .. + len - hdr_len` is inside the checked
+            // range; `dst` is exactly `len - hdr_len` bytes of our frame.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(hdr_len), dst.as_mut_ptr(), dst.len()) };
+            hdr.finish_tx(dst)?;
+            return Ok(hdr.flags & crate::net_hdr::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0);
+        }
+    }
     let mut walk = ChainWalk::new(head, ring.size);
     while let Some(desc) = walk.next(ring) {
         if desc.flags & VIRTQ_DESC_F_WRITE != 0 {
