@@ -1183,6 +1183,44 @@ mod tests {
         assert_eq!(tx.stats.ring_errors, 1);
     }
 
+    /// Rings that are not entirely in guest memory are never used: nothing is taken,
+    /// nothing written, the error is counted.
+    #[test]
+    fn rings_outside_guest_memory_are_refused() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let f = frame(60, 1);
+        let l = put_tx(&m, 0x10_0000, NetHdr::default(), &f);
+        vq.add_desc_chains(&[desc(0x10_0000, l, 0, 0)], 0).unwrap();
+        let p = pool();
+        // Used ring ending past the end of guest memory (6 + 8 * 16 bytes needed).
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.try_set_used_ring_address(GuestAddress(0x20_0000 - 64))
+            .unwrap();
+        let mut tx = TxVirtio::default();
+        let mut out = Burst::new();
+        let map = GuestMap::new(&m);
+        assert_eq!(
+            tx.pop_frames(&mut q, &map, &p, NetConfig::default(), 64, &mut out),
+            0
+        );
+        assert_eq!(tx.stats.ring_errors, 1);
+        assert_eq!(q.next_avail(), 0);
+        // Descriptor table straddling the end.
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.try_set_desc_table_address(GuestAddress(0x20_0000 - 128))
+            .unwrap();
+        let mut rx = RxVirtio::default();
+        assert_eq!(
+            rx.push_burst(&mut q, &map, NetConfig::default(), [&f[..]]),
+            0
+        );
+        assert_eq!(rx.stats.ring_errors, 1);
+        assert!(out.is_empty());
+        drop(out);
+        assert_eq!(p.available(), 128);
+    }
+
     #[test]
     fn tx_pool_exhausted_leaves_chains_in_ring() {
         let m = mem();
