@@ -616,6 +616,11 @@ impl RxVirtio {
         };
         let mut delivered = 0;
         for frame in frames {
+            if cur.next_avail == cur.avail_idx {
+                // Ring exhausted for this burst: the rest is dropped without a look.
+                self.stats.drop_no_buffer += 1;
+                continue;
+            }
             match self.try_push(&mut cur, cfg, frame) {
                 Ok(()) => {
                     delivered += 1;
