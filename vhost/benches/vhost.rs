@@ -278,6 +278,14 @@ fn wait_running(worker: &Worker) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let features = worker
+        .exec(|g| {
+            let st = g.get::<Vhost>("vm").unwrap().state().clone();
+            let f = st.lock().unwrap().features;
+            f
+        })
+        .unwrap();
+    eprintln!("    virtio features negotiated with testpmd: {features:#x}");
 }
 
 /// One side of a figure, started: the brick with testpmd virtio_user as its peer, or
