@@ -281,8 +281,7 @@ fn wait_running(worker: &Worker) {
     let features = worker
         .exec(|g| {
             let st = g.get::<Vhost>("vm").unwrap().state().clone();
-            let f = st.lock().unwrap().features;
-            f
+            st.lock().unwrap().features
         })
         .unwrap();
     eprintln!("    virtio features negotiated with testpmd: {features:#x}");
