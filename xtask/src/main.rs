@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod deps;
+mod fuzz;
 mod guest;
+mod install;
 mod test;
 mod util;
 
@@ -44,7 +46,7 @@ enum Command {
     /// missing.
     Deps,
 
-    /// Run the whole test suite: deps, then cargo-nextest on the workspace, then doc tests.
+    /// Run the whole test suite: deps, cargo-nextest on the workspace, doc tests, fuzz build.
     ///
     /// Runs `cargo nextest run --workspace --no-fail-fast` (profile in .config/nextest.toml)
     /// and `cargo test --doc --workspace`. The end-to-end tests need root (network
@@ -71,6 +73,20 @@ enum Command {
         /// Skip `deps`.
         #[arg(long)]
         no_deps: bool,
+    },
+
+    /// Fuzz the packet parsers, the descriptor-chain handling and the XDP program.
+    ///
+    /// Runs `cargo +nightly fuzz run TARGET` for each cargo-fuzz target of `dataplane/fuzz`,
+    /// `vhost/fuzz` and `ebpf/fuzz` (the `ebpf` one needs root), starting from the committed
+    /// seeds. Installs the nightly toolchain and cargo-fuzz when missing. Exits non-zero
+    /// and names the reproducer when a target crashes.
+    Fuzz {
+        /// One target (e.g. `vtep_decap`, `chains`, `steer`); all when omitted.
+        target: Option<String>,
+        /// Seconds of fuzzing per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
 
     /// Build the XDP programs (the butterfly-ebpf crate; its build.rs runs clang -target bpf).
@@ -103,6 +119,32 @@ enum Command {
         #[arg(long)]
         no_deps: bool,
     },
+
+    /// Install butterflyd, butterfly, the systemd unit and shell completions.
+    ///
+    /// Builds the release binaries (unless --no-build), then installs into PREFIX/bin, the
+    /// unit into /etc/systemd/system (ExecStart pointing at PREFIX/bin/butterflyd), the
+    /// example configuration into /etc/butterfly, bash/zsh/fish completions under
+    /// PREFIX/share, and creates /var/lib/butterfly and /run/butterfly (0750). Idempotent:
+    /// files already right are left alone; every action is printed. Runs `systemctl
+    /// daemon-reload` when installing into / on a host where systemd runs.
+    Install {
+        /// Installation prefix of the binaries and completions.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Stage every path under this directory (for packages) instead of /.
+        #[arg(long)]
+        destdir: Option<std::path::PathBuf>,
+        /// Print what would be done, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not build: install the binaries already in target/<profile>/.
+        #[arg(long)]
+        no_build: bool,
+        /// Cargo profile of the binaries (`dev` installs target/debug).
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -115,8 +157,22 @@ fn main() -> ExitCode {
         } => test::run(no_deps, &nextest_args),
         Command::Bench { name, no_deps } => bench::run(name.as_deref(), no_deps),
         Command::Guest { force, no_deps } => guest_cmd(force, no_deps),
+        Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Command::BuildEbpf => util::cargo(&["build", "-p", "butterfly-ebpf"]),
         Command::Demo { no_deps } => demo::run(no_deps),
+        Command::Install {
+            prefix,
+            destdir,
+            dry_run,
+            no_build,
+            profile,
+        } => install::run(&install::Options {
+            prefix,
+            destdir,
+            dry_run,
+            no_build,
+            profile,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,8 +9,9 @@ use crate::{deps, util};
 /// Features turned on for the test suite: the DPDK backend and its end-to-end tests.
 pub const DPDK_FEATURES: &str = "butterfly-tests/dpdk";
 
-/// Runs deps (unless `no_deps`), `cargo nextest run --workspace --no-fail-fast [extra]`
-/// and `cargo test --doc --workspace`. Both suites run even when the first fails.
+/// Runs deps (unless `no_deps`), `cargo nextest run --workspace --no-fail-fast [extra]`,
+/// `cargo test --doc --workspace` and a build of the fuzz targets. All three run even when
+/// an earlier one fails.
 ///
 /// # Errors
 /// When deps fails, cargo-nextest is missing, or any test fails.
@@ -44,12 +45,16 @@ pub fn run(no_deps: bool, extra: &[String]) -> Result<()> {
     args.extend(extra.iter().map(String::as_str));
     let unit = util::cargo(&args);
     let doc = util::cargo(&["test", "--doc", "--workspace", "--features", DPDK_FEATURES]);
-    match (unit, doc) {
-        (Ok(()), Ok(())) => {
-            println!("test: all tests passed");
-            Ok(())
-        }
-        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
-        (Err(a), Err(b)) => bail!("{a}; {b}"),
+    // The cargo-fuzz targets live in their own workspaces: build them so they cannot rot.
+    let fuzz = crate::fuzz::build_all();
+    let failed: Vec<String> = [unit, doc, fuzz]
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if failed.is_empty() {
+        println!("test: all tests passed");
+        Ok(())
+    } else {
+        bail!("{}", failed.join("; "))
     }
 }

@@ -365,6 +365,10 @@ impl fmt::Display for FrameSummary<'_> {
                 sep(f)?;
                 write!(f, "[icmpv6 type={} code={}]", i.type_u8(), i.code_u8())?;
             }
+            Some(TransportSlice::Igmp(i)) => {
+                sep(f)?;
+                write!(f, "[igmp type={:#04x}]", i.type_u8())?;
+            }
             None => {}
         }
         if let Some((err, layer)) = &pkt.stop_err {
