@@ -106,7 +106,7 @@ use crate::burst::{BURST_SIZE, Burst};
 use crate::clock::Clock;
 use crate::error::BrickError;
 use crate::flowtable::key::fmix64;
-use crate::flowtable::parse::{TCP_ACK, TCP_RST, TCP_SYN};
+use crate::flowtable::parse::{TCP_ACK, TCP_RST, TCP_SYN, fast_key};
 use crate::flowtable::{
     FiveTuple, FlowKey, FlowTable, FlowTableConfig, FlowTableError, Fragment, IPPROTO_ICMP,
     IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Parsed, ParsedIp, Verdict, addr_bytes,
@@ -738,8 +738,22 @@ pub struct Firewall {
     udp_lifetime_ns: u64,
     last_dhcp_request: Option<u64>,
     counters: FirewallCounters,
-    /// Per-burst scratch (capacity 64, reused: no allocation per burst).
-    steps: Vec<FlowStep>,
+    /// Per-burst scratch of the fast path (allocated once).
+    scratch: Box<Scratch>,
+}
+
+/// `Scratch::meta`: the fast parser took the packet (key and hash are set).
+const FAST: u16 = 1 << 9;
+/// `Scratch::meta`: the packet's source is the key's low endpoint.
+const LO: u16 = 1 << 8;
+
+/// Per-burst results of the fast parser, by packet index (struct of arrays).
+struct Scratch {
+    keys: [FlowKey; BURST_SIZE],
+    hashes: [u64; BURST_SIZE],
+    /// TCP flags in the low byte, then [`LO`] and [`FAST`]; 0 when the fast parser did
+    /// not take the packet.
+    meta: [u16; BURST_SIZE],
 }
 
 impl Firewall {
@@ -770,7 +784,21 @@ impl Firewall {
             udp_lifetime_ns,
             last_dhcp_request: None,
             counters: FirewallCounters::default(),
-            steps: Vec::with_capacity(BURST_SIZE),
+            scratch: Box::new(Scratch {
+                keys: [FlowKey::new(
+                    &FiveTuple::new(
+                        Ipv4Addr::UNSPECIFIED.into(),
+                        Ipv4Addr::UNSPECIFIED.into(),
+                        0,
+                        0,
+                        0,
+                    ),
+                    0,
+                )
+                .0; BURST_SIZE],
+                hashes: [0; BURST_SIZE],
+                meta: [0; BURST_SIZE],
+            }),
         };
         fw.recompile();
         Ok(fw)
@@ -1033,6 +1061,16 @@ impl Firewall {
         false
     }
 
+    /// The general path of a packet (the fast path did not take it, or found no flow:
+    /// `missed`): full parse, then [`Firewall::decide`]. True: pass.
+    #[inline(never)]
+    fn slow_path(&mut self, data: &[u8], dir: RuleDirection, missed: bool) -> bool {
+        match self.prepare(data) {
+            Step::Done(pass) => pass,
+            Step::Flow(s) => self.decide(&s, dir, missed),
+        }
+    }
+
     /// First half of a packet's decision: parse, and for packets that need the flow
     /// table, the key and its hash.
     #[inline]
@@ -1068,17 +1106,16 @@ impl Firewall {
         })
     }
 
-    /// Second half: flow lookup, else classification and flow creation. True: pass.
-    #[inline]
-    fn decide(&mut self, s: &FlowStep, dir: RuleDirection) -> bool {
+    /// Second half: flow lookup (skipped when `missed`: the fast path looked the key up
+    /// and found nothing), else classification and flow creation. True: pass.
+    fn decide(&mut self, s: &FlowStep, dir: RuleDirection, missed: bool) -> bool {
         let ip = &s.ip;
         let first_frag = match ip.fragment {
             Fragment::First { id } => Some(id),
             Fragment::Later { id } => return self.later_fragment(ip, id, s.len),
             Fragment::No => None,
         };
-        if let Some((id, fdir)) = self.flows.lookup(&s.key, s.h, s.lo) {
-            self.flows.touch(id, fdir, s.len, ip.tcp_flags);
+        if !missed && let Some((id, _)) = self.flows.hit(&s.key, s.h, s.lo, s.len, ip.tcp_flags) {
             if let Some(fr) = first_frag {
                 self.remember_first_fragment(ip, fr, id);
             }
@@ -1184,40 +1221,59 @@ impl Brick for Firewall {
         } else {
             RuleDirection::Inbound
         };
-        // Three passes so the flow table's cache misses overlap: parse and hash every
-        // packet (prefetching its index slot), prefetch the flows the slots point to,
-        // then decide in order.
+        // Three passes so the flow table's cache misses overlap (as VPP's graph nodes
+        // do): key and hash every packet the fast parser takes, prefetching its index
+        // slot; prefetch the flows those slots point to; then decide in order (a flow
+        // created by a packet is found by the later packets of the same burst). Packets
+        // the fast parser does not take, and fast packets without a flow, go through the
+        // general parser and the classifier.
         const DROP: u8 = 0;
         const PASS: u8 = 1;
-        const PENDING: u8 = 2;
-        let mut verdict = [DROP; BURST_SIZE];
-        let mut steps = std::mem::take(&mut self.steps);
-        steps.clear();
-        for (v, p) in verdict.iter_mut().zip(pkts.iter()) {
-            match self.prepare(p.data()) {
-                Step::Done(pass) => *v = pass as u8,
-                Step::Flow(s) => {
-                    self.flows.prefetch_index(s.h);
-                    steps.push(s);
-                    *v = PENDING;
+        let n = pkts.len();
+        let zone = self.zone;
+        let sc = &mut *self.scratch;
+        for (i, p) in pkts.iter().enumerate().take(BURST_SIZE) {
+            match fast_key(p.data(), zone) {
+                Some((key, lo, flags)) => {
+                    let h = self.flows.hash(&key);
+                    self.flows.prefetch_index(h);
+                    sc.keys[i] = key;
+                    sc.hashes[i] = h;
+                    sc.meta[i] = FAST | (lo as u16) << 8 | flags as u16;
                 }
+                None => sc.meta[i] = 0,
             }
         }
-        for s in &steps {
-            self.flows.prefetch_flow(s.h);
+        for i in 0..n.min(BURST_SIZE) {
+            if sc.meta[i] & FAST != 0 {
+                self.flows.prefetch_flow(sc.hashes[i]);
+            }
         }
-        let mut next = steps.iter();
+        let mut verdict = [DROP; BURST_SIZE];
         let mut all = true;
-        for v in verdict[..pkts.len()].iter_mut() {
-            if *v == PENDING {
-                *v = match next.next() {
-                    Some(s) => self.decide(s, dir) as u8,
-                    None => DROP,
-                };
-            }
-            all &= *v == PASS;
+        for (i, p) in pkts.iter().enumerate().take(BURST_SIZE) {
+            let meta = self.scratch.meta[i];
+            let fast = meta & FAST != 0;
+            let pass = if fast
+                && self
+                    .flows
+                    .hit(
+                        &self.scratch.keys[i],
+                        self.scratch.hashes[i],
+                        meta & LO != 0,
+                        p.len() as u32,
+                        meta as u8,
+                    )
+                    .is_some()
+            {
+                self.counters.passed_flow += 1;
+                true
+            } else {
+                self.slow_path(p.data(), dir, fast)
+            };
+            verdict[i] = pass as u8;
+            all &= pass;
         }
-        self.steps = steps;
         if !all {
             let mut i = 0;
             pkts.retain(|_| {

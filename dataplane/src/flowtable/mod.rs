@@ -219,7 +219,8 @@ const F_OFFLOADED: u8 = 4;
 const F_FIN_FWD: u8 = 8;
 const F_FIN_REV: u8 = 16;
 
-/// One flow's context. 128 bytes.
+/// One flow's context. 128 bytes: the first cache line holds what a lookup compares
+/// (key, flags, state, lifetime), the second what a hit updates (last-seen, counters).
 #[repr(C, align(64))]
 #[derive(Clone)]
 pub struct Flow {
@@ -231,7 +232,6 @@ pub struct Flow {
     lifetime_ms: u32,
     prev: u32,
     next: u32,
-    pad: u32,
     armed_tick: u64,
     created_ns: u64,
     last_seen_ns: u64,
@@ -262,7 +262,6 @@ impl Flow {
             lifetime_ms: 0,
             prev: NIL,
             next: NIL,
-            pad: 0,
             armed_tick: 0,
             created_ns: 0,
             last_seen_ns: 0,
@@ -850,6 +849,24 @@ impl FlowTable {
             FlowDir::Reverse
         };
         Some((FlowId(i), dir))
+    }
+
+    /// [`FlowTable::lookup`] then [`FlowTable::touch`] in one call: the hit path of a
+    /// packet (key, hash and orientation as for [`FlowTable::lookup`]). Returns the flow
+    /// and the packet's direction, or `None` (nothing found, or found expired and
+    /// expired now) with nothing touched.
+    #[inline]
+    pub fn hit(
+        &mut self,
+        key: &FlowKey,
+        h: u64,
+        src_is_lo: bool,
+        bytes: u32,
+        tcp_flags: u8,
+    ) -> Option<(FlowId, FlowDir)> {
+        let (id, dir) = self.lookup(key, h, src_is_lo)?;
+        self.touch(id, dir, bytes, tcp_flags);
+        Some((id, dir))
     }
 
     /// Accounts a packet of `bytes` bytes in direction `dir` of flow `id` at the current
