@@ -152,9 +152,37 @@ impl fmt::Display for FiveTuple {
 /// Endpoints are ordered by (address, port), addresses compared as big-endian numbers
 /// (the same order as their bytes).
 #[repr(C, align(16))]
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy)]
 pub struct FlowKey {
     w: [u64; 6],
+}
+
+impl PartialEq for FlowKey {
+    /// Word by word without early exit (no `memcmp` call on the lookup path).
+    #[inline(always)]
+    fn eq(&self, o: &FlowKey) -> bool {
+        let mut d = 0;
+        for i in 0..6 {
+            d |= self.w[i] ^ o.w[i];
+        }
+        d == 0
+    }
+}
+
+impl Eq for FlowKey {}
+
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.w.hash(state);
+    }
+}
+
+/// The 128-bit product of `a` and `b` folded to 64 bits (high half xor low half): a
+/// multiply whose every output bit depends on every input bit of both.
+#[inline(always)]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let p = (a as u128) * (b as u128);
+    (p as u64) ^ (p >> 64) as u64
 }
 
 /// The two little-endian words of a 16-byte address.
@@ -309,18 +337,28 @@ impl FlowKey {
         self.hash_seeded(0)
     }
 
-    /// A 64-bit hash of the key (FxHash-style multiply-rotate over its six words starting
-    /// from `seed`, then the MurmurHash3 `fmix64` finaliser so the low bits are usable as
-    /// a table index). A secret seed per table keeps remote peers from choosing colliding
-    /// 5-tuples.
-    #[inline]
+    /// A 64-bit hash of the key under `seed`: the six words are xored with the seed and
+    /// with constants (digits of π), multiplied in three independent pairs
+    /// ([`folded_multiply`]: 64×64→128 bits, halves xored, as foldhash and wyhash do), and
+    /// the three results folded by a last multiply. Two multiplies deep, so a burst's
+    /// hashes overlap in the CPU. A secret seed per table keeps remote peers from choosing
+    /// colliding 5-tuples. All 64 bits are mixed; the flow table uses the low ones.
+    #[inline(always)]
     pub fn hash_seeded(&self, seed: u64) -> u64 {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut h = seed;
-        for x in self.w {
-            h = (h.rotate_left(5) ^ x).wrapping_mul(K);
-        }
-        fmix64(h)
+        const K: [u64; 7] = [
+            0x243f_6a88_85a3_08d3,
+            0x1319_8a2e_0370_7344,
+            0xa409_3822_299f_31d0,
+            0x082e_fa98_ec4e_6c89,
+            0x4528_21e6_38d0_1377,
+            0xbe54_66cf_34e9_0c6c,
+            0xc0ac_29b7_c97c_50dd,
+        ];
+        let w = &self.w;
+        let a = folded_multiply(w[0] ^ seed ^ K[0], w[1] ^ K[1]);
+        let b = folded_multiply(w[2] ^ seed ^ K[2], w[3] ^ K[3]);
+        let c = folded_multiply(w[4] ^ seed ^ K[4], w[5] ^ K[5]);
+        folded_multiply(a ^ c.rotate_left(23), b ^ seed.rotate_left(32) ^ K[6])
     }
 }
 

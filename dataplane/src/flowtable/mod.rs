@@ -504,6 +504,11 @@ impl FlowTable {
             let id = t.sentinel_id(s);
             t.sentinels.push((id, id));
         }
+        advise_huge_pages(
+            t.flows.as_ptr().cast(),
+            t.flows.capacity() * std::mem::size_of::<Flow>(),
+        );
+        advise_huge_pages(t.index.as_ptr().cast(), t.index.len() * 8);
         Ok(t)
     }
 
@@ -619,7 +624,7 @@ impl FlowTable {
 
     // ---- hash index --------------------------------------------------------------------
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, key: &FlowKey, h: u64) -> Option<(usize, u32)> {
         let tag = h as u32;
         let mut pos = h as usize & self.mask;
@@ -839,23 +844,25 @@ impl FlowTable {
         let (_, i) = self.find(key, h)?;
         let f = &self.flows[i as usize];
         if f.expires_ns() <= self.now {
-            self.end(i, EndReason::Expired);
+            self.expire_found(i);
             return None;
         }
         self.counters.hit += 1;
-        let dir = if (f.flags & F_FWD_IS_LO != 0) == src_is_lo {
-            FlowDir::Forward
-        } else {
-            FlowDir::Reverse
-        };
-        Some((FlowId(i), dir))
+        Some((FlowId(i), direction(f.flags, src_is_lo)))
+    }
+
+    /// A lookup found flow `i` past its expiry (the wheel lags behind): expire it now.
+    #[cold]
+    #[inline(never)]
+    fn expire_found(&mut self, i: u32) {
+        self.end(i, EndReason::Expired);
     }
 
     /// [`FlowTable::lookup`] then [`FlowTable::touch`] in one call: the hit path of a
     /// packet (key, hash and orientation as for [`FlowTable::lookup`]). Returns the flow
     /// and the packet's direction, or `None` (nothing found, or found expired and
     /// expired now) with nothing touched.
-    #[inline]
+    #[inline(always)]
     pub fn hit(
         &mut self,
         key: &FlowKey,
@@ -864,9 +871,26 @@ impl FlowTable {
         bytes: u32,
         tcp_flags: u8,
     ) -> Option<(FlowId, FlowDir)> {
-        let (id, dir) = self.lookup(key, h, src_is_lo)?;
-        self.touch(id, dir, bytes, tcp_flags);
-        Some((id, dir))
+        let (_, i) = self.find(key, h)?;
+        let now = self.now;
+        let f = &mut self.flows[i as usize];
+        if f.expires_ns() <= now {
+            self.expire_found(i);
+            return None;
+        }
+        self.counters.hit += 1;
+        let dir = direction(f.flags, src_is_lo);
+        f.packets[dir as usize] += 1;
+        f.bytes[dir as usize] += bytes as u64;
+        f.last_seen_ns = now;
+        // An established flow stays so unless SYN, FIN or RST is set.
+        if f.state != TcpState::None as u8
+            && (f.state != TcpState::Established as u8
+                || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0)
+        {
+            self.tcp_update(i, dir, tcp_flags);
+        }
+        Some((FlowId(i), dir))
     }
 
     /// Accounts a packet of `bytes` bytes in direction `dir` of flow `id` at the current
@@ -880,9 +904,16 @@ impl FlowTable {
         f.packets[dir as usize] += 1;
         f.bytes[dir as usize] += bytes as u64;
         f.last_seen_ns = now;
-        if f.state == TcpState::None as u8 {
-            return;
+        if f.state != TcpState::None as u8 {
+            self.tcp_update(i, dir, tcp_flags);
         }
+    }
+
+    /// Moves the TCP state of flow `i` on with a packet's flags; a shorter lifetime
+    /// (FIN, RST) re-arms the flow in its earlier wheel slot at once.
+    #[inline(never)]
+    fn tcp_update(&mut self, i: u32, dir: FlowDir, tcp_flags: u8) {
+        let f = &mut self.flows[i as usize];
         let old = TcpState::from_u8(f.state);
         let new = next_tcp_state(old, &mut f.flags, dir, tcp_flags);
         if new != old {
@@ -1066,6 +1097,47 @@ impl FlowTable {
     /// Unread records, oldest first.
     pub fn records(&self) -> impl Iterator<Item = &FlowRecord> + '_ {
         self.records.iter()
+    }
+}
+
+/// Asks the kernel to back the `len` bytes at `p` (an allocation of ours, not touched
+/// yet) with transparent huge pages (Linux `madvise(MADV_HUGEPAGE)`, honoured when
+/// `/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`). The flow slab
+/// and the index are read at random places: with 4 KiB pages a table of 100k flows spans
+/// more pages than the TLB holds, and every miss is a page walk (two-dimensional under a
+/// hypervisor). Best effort: nothing happens elsewhere or on error; below 2 MiB it is
+/// not worth a call.
+fn advise_huge_pages(p: *const u8, len: usize) {
+    const HUGE: usize = 2 << 20;
+    if len < HUGE {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (p as usize).next_multiple_of(PAGE);
+        let end = (p as usize + len) & !(PAGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside one live allocation of ours (rounded inwards
+            // to whole pages); MADV_HUGEPAGE only changes how the kernel backs those
+            // pages, never their contents or their mapping's validity.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = p;
+}
+
+/// The direction of a packet whose source is the key's low endpoint (`src_is_lo`) in a
+/// flow with `flags`.
+#[inline(always)]
+fn direction(flags: u8, src_is_lo: bool) -> FlowDir {
+    if (flags & F_FWD_IS_LO != 0) == src_is_lo {
+        FlowDir::Forward
+    } else {
+        FlowDir::Reverse
     }
 }
 
