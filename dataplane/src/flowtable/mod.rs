@@ -50,6 +50,10 @@ use parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const NIL: u32 = u32::MAX;
 
+/// Most index slots [`FlowTable::prefetch_flow`] looks at for a matching tag (at most
+/// half full, linear probing: a key is rarely further than that from its home slot).
+pub const PREFETCH_PROBE: usize = 4;
+
 /// Lifetimes of idle flows, by protocol and TCP state (defaults like VPP's flowtable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetimes {
@@ -816,16 +820,29 @@ impl FlowTable {
         );
     }
 
-    /// Hints the CPU to load the flow that the index slot for `h` points to (reads that
-    /// slot: call [`FlowTable::prefetch_index`] first). No effect on results.
+    /// Hints the CPU to load the flow a lookup of hash `h` will compare first: the first
+    /// index slot of its probe sequence whose tag matches `h` (up to
+    /// [`PREFETCH_PROBE`] slots; none when an empty slot comes first: a miss). Reads the
+    /// index: call [`FlowTable::prefetch_index`] well before. No effect on results.
     #[inline]
     pub fn prefetch_flow(&self, h: u64) {
-        let s = self.index[h as usize & self.mask];
-        let i = (s as u32).wrapping_sub(1) as usize;
-        if s != 0 && i < self.flows.len() {
-            let p: *const u8 = self.flows.as_ptr().wrapping_add(i).cast();
-            prefetch(p);
-            prefetch(p.wrapping_add(64));
+        let tag = h as u32;
+        let mut pos = h as usize & self.mask;
+        for _ in 0..PREFETCH_PROBE {
+            let s = self.index[pos];
+            if s == 0 {
+                return;
+            }
+            if (s >> 32) as u32 == tag {
+                let i = (s as u32).wrapping_sub(1) as usize;
+                if i < self.flows.len() {
+                    let p: *const u8 = self.flows.as_ptr().wrapping_add(i).cast();
+                    prefetch(p);
+                    prefetch(p.wrapping_add(64));
+                }
+                return;
+            }
+            pos = (pos + 1) & self.mask;
         }
     }
 
