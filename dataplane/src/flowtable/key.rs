@@ -339,7 +339,7 @@ impl FlowKey {
 
     /// A 64-bit hash of the key under `seed`: the six words are xored with the seed and
     /// with constants (digits of π), multiplied in three independent pairs
-    /// ([`folded_multiply`]: 64×64→128 bits, halves xored, as foldhash and wyhash do), and
+    /// (a folded multiply: 64×64→128 bits, halves xored, as foldhash and wyhash do), and
     /// the three results folded by a last multiply. Two multiplies deep, so a burst's
     /// hashes overlap in the CPU. A secret seed per table keeps remote peers from choosing
     /// colliding 5-tuples. All 64 bits are mixed; the flow table uses the low ones.
