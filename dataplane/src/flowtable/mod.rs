@@ -440,8 +440,10 @@ pub struct FlowTable {
     flows: Vec<Flow>,
     free: u32,
     active: u32,
-    index: Vec<u64>,
+    index: Index,
     mask: usize,
+    /// Ids from here on are wheel list sentinels (the slab's capacity).
+    sentinel_base: u32,
     /// Wheel list sentinels: `wheel_slots` slots, then the "due" list; (prev, next).
     sentinels: Vec<(u32, u32)>,
     slot_mask: u64,
@@ -490,12 +492,25 @@ impl FlowTable {
         ];
         let tick_ns = cfg.tick.as_nanos() as u64;
         let now = clock.now_ns();
+        // A slab of 2 MiB or more gets up to 2 MiB of extra slots in front, left unused,
+        // so the slots in use start on a 2 MiB boundary (see `advise_huge_pages`).
+        let flow_size = std::mem::size_of::<Flow>();
+        let big = cfg.max_flows as usize * flow_size >= HUGE_PAGE;
+        let extra = if big { HUGE_PAGE / flow_size } else { 0 };
+        let mut flows: Vec<Flow> = Vec::with_capacity(cfg.max_flows as usize + extra);
+        if big {
+            let addr = flows.as_ptr() as usize;
+            let skip = (addr.next_multiple_of(HUGE_PAGE) - addr).div_ceil(flow_size);
+            flows.resize(skip.min(extra), Flow::empty());
+        }
+        let sentinel_base = flows.capacity() as u32;
         let mut t = FlowTable {
-            flows: Vec::with_capacity(cfg.max_flows as usize),
+            flows,
             free: NIL,
             active: 0,
-            index: vec![0; index_len],
+            index: Index::new(index_len),
             mask: index_len - 1,
+            sentinel_base,
             sentinels: Vec::with_capacity(slots as usize + 1),
             slot_mask: slots as u64 - 1,
             tick_ns,
@@ -515,11 +530,12 @@ impl FlowTable {
             let id = t.sentinel_id(s);
             t.sentinels.push((id, id));
         }
+        let used = t.flows.len();
         advise_huge_pages(
-            t.flows.as_ptr().cast(),
-            t.flows.capacity() * std::mem::size_of::<Flow>(),
+            t.flows.as_ptr().wrapping_add(used).cast(),
+            (t.flows.capacity() - used) * flow_size,
         );
-        advise_huge_pages(t.index.as_ptr().cast(), t.index.len() * 8);
+        advise_huge_pages(t.index.as_ptr().cast(), index_len * 8);
         Ok(t)
     }
 
@@ -551,7 +567,7 @@ impl FlowTable {
     /// Bytes reserved by the table (slab, index, wheel, record ring).
     pub fn memory_bytes(&self) -> usize {
         self.flows.capacity() * std::mem::size_of::<Flow>()
-            + self.index.capacity() * 8
+            + self.index.len() * 8
             + self.sentinels.capacity() * 8
             + self.records.capacity() * std::mem::size_of::<FlowRecord>()
     }
@@ -570,7 +586,7 @@ impl FlowTable {
     // ---- wheel lists -------------------------------------------------------------------
 
     fn sentinel_id(&self, s: u32) -> u32 {
-        self.cfg.max_flows + s
+        self.sentinel_base + s
     }
 
     fn due_list(&self) -> u32 {
@@ -579,29 +595,29 @@ impl FlowTable {
 
     #[inline]
     fn link_of(&self, i: u32) -> (u32, u32) {
-        if i < self.cfg.max_flows {
+        if i < self.sentinel_base {
             let f = &self.flows[i as usize];
             (f.prev, f.next)
         } else {
-            self.sentinels[(i - self.cfg.max_flows) as usize]
+            self.sentinels[(i - self.sentinel_base) as usize]
         }
     }
 
     #[inline]
     fn set_prev(&mut self, i: u32, v: u32) {
-        if i < self.cfg.max_flows {
+        if i < self.sentinel_base {
             self.flows[i as usize].prev = v;
         } else {
-            self.sentinels[(i - self.cfg.max_flows) as usize].0 = v;
+            self.sentinels[(i - self.sentinel_base) as usize].0 = v;
         }
     }
 
     #[inline]
     fn set_next(&mut self, i: u32, v: u32) {
-        if i < self.cfg.max_flows {
+        if i < self.sentinel_base {
             self.flows[i as usize].next = v;
         } else {
-            self.sentinels[(i - self.cfg.max_flows) as usize].1 = v;
+            self.sentinels[(i - self.sentinel_base) as usize].1 = v;
         }
     }
 
@@ -991,7 +1007,8 @@ impl FlowTable {
             self.free = self.flows[i as usize].next;
             i
         } else {
-            // Never reallocates: capacity is max_flows and active < max_flows here.
+            // Never reallocates: the capacity is max_flows plus the unused leading slots,
+            // and active < max_flows here.
             self.flows.push(Flow::empty());
             (self.flows.len() - 1) as u32
         };
@@ -1132,8 +1149,7 @@ impl FlowTable {
 /// hypervisor). Best effort: nothing happens elsewhere or on error; below 2 MiB it is
 /// not worth a call.
 fn advise_huge_pages(p: *const u8, len: usize) {
-    const HUGE: usize = 2 << 20;
-    if len < HUGE {
+    if len < HUGE_PAGE {
         return;
     }
     #[cfg(target_os = "linux")]
@@ -1162,6 +1178,58 @@ fn direction(flags: u8, src_is_lo: bool) -> FlowDir {
         FlowDir::Forward
     } else {
         FlowDir::Reverse
+    }
+}
+
+/// The size of an x86-64 huge page (2 MiB).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// The hash index: `len` zeroed 8-byte slots that start on a 2 MiB boundary when they
+/// take 2 MiB or more (so huge pages can back all of them), inside a vector 2 MiB longer
+/// whose unused head is never touched (calloc'd memory: it costs no resident memory).
+struct Index {
+    buf: Vec<u64>,
+    off: usize,
+    len: usize,
+}
+
+impl Index {
+    fn new(len: usize) -> Index {
+        if len * 8 < HUGE_PAGE {
+            return Index {
+                buf: vec![0; len],
+                off: 0,
+                len,
+            };
+        }
+        let buf = vec![0u64; len + HUGE_PAGE / 8];
+        let addr = buf.as_ptr() as usize;
+        let off = (addr.next_multiple_of(HUGE_PAGE) - addr) / 8;
+        Index { buf, off, len }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_ptr(&self) -> *const u64 {
+        self.buf.as_ptr().wrapping_add(self.off)
+    }
+}
+
+impl std::ops::Index<usize> for Index {
+    type Output = u64;
+
+    #[inline(always)]
+    fn index(&self, pos: usize) -> &u64 {
+        &self.buf[self.off + pos]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Index {
+    #[inline(always)]
+    fn index_mut(&mut self, pos: usize) -> &mut u64 {
+        &mut self.buf[self.off + pos]
     }
 }
 

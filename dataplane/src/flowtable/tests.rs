@@ -532,3 +532,49 @@ fn v4_and_v6_keys_match_new_and_hash_spreads() {
         );
     }
 }
+
+/// A table big enough for its slab and index to be laid out for huge pages (unused
+/// leading slab slots, an index starting on a 2 MiB boundary) works like a small one:
+/// flows are found, the wheel expires them, the full table evicts, ids stay valid.
+#[test]
+fn large_table_laid_out_for_huge_pages_works() {
+    let max = 1 << 17;
+    let (mut ft, clock) = table(max, FullPolicy::EvictOldest);
+    assert!(ft.memory_bytes() >= max as usize * 144);
+    let mut ids = Vec::new();
+    for i in 0..3000 {
+        ids.push(packet(&mut ft, &udp(i), 10, 0).unwrap());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            packet(&mut ft, &udp(i as u32).reversed(), 5, 0).unwrap(),
+            *id
+        );
+        assert_eq!(ft.get(*id).unwrap().packets(FlowDir::Reverse), 1);
+    }
+    assert_eq!(ft.iter().count(), 3000);
+    clock.advance(Duration::from_secs(30));
+    ft.advance();
+    // Half of them stay busy; the others expire at 60 s.
+    for i in 0..1500 {
+        packet(&mut ft, &udp(i), 1, 0).unwrap();
+    }
+    clock.advance(Duration::from_secs(31));
+    while ft.len() > 1500 {
+        ft.advance();
+    }
+    assert_eq!(ft.counters().expired, 1500);
+    for i in 0..1500 {
+        assert_eq!(ft.find_tuple(&udp(i), 7), Some(ids[i as usize]));
+    }
+    // Fill it: the oldest-expiring flows are evicted, the table stays at max.
+    let mut n = 3000;
+    while ft.len() < max as usize {
+        packet(&mut ft, &udp(n), 1, 0).unwrap();
+        n += 1;
+    }
+    packet(&mut ft, &udp(n), 1, 0).unwrap();
+    assert_eq!(ft.len(), max as usize);
+    assert_eq!(ft.counters().evicted, 1);
+    assert_eq!(ft.iter().count(), max as usize);
+}
