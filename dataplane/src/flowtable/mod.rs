@@ -30,8 +30,10 @@
 //! - **Memory**: everything is allocated when the table is made (flow slab, hash index,
 //!   wheel, record ring); nothing is allocated per packet. A flow takes 128 bytes in the
 //!   slab plus 16 bytes of index (2 slots of 8 bytes per flow, load ≤ 50 %). Slab and
-//!   index of 2 MiB or more are advised to transparent huge pages (`MADV_HUGEPAGE`):
-//!   random lookups in a large table would otherwise miss the TLB on most packets.
+//!   index of 2 MiB or more start on a 2 MiB boundary (the slab leaves up to 2 MiB of
+//!   leading slots unused, the index up to 2 MiB of untouched memory in front) and are
+//!   advised to transparent huge pages (`MADV_HUGEPAGE`): random lookups in a large table
+//!   would otherwise miss the TLB on most packets.
 //! - **Hit path** ([`FlowTable::hit`]): one index line (the tag filters other keys), then
 //!   the flow's first cache line (key, flags, state, lifetime) and its second (last-seen,
 //!   counters). A caller handling a burst hashes every packet first and calls
