@@ -1279,6 +1279,7 @@ impl Brick for Firewall {
         }
         let mut verdict = [DROP; BURST_SIZE];
         let mut all = true;
+        let mut hits = 0;
         for (i, p) in pkts.iter().enumerate().take(BURST_SIZE) {
             let ahead = i + PREFETCH_AHEAD;
             if ahead < n && self.scratch.meta[ahead] & FAST != 0 {
@@ -1298,7 +1299,7 @@ impl Brick for Firewall {
                     )
                     .is_some()
             {
-                self.counters.passed_flow += 1;
+                hits += 1;
                 true
             } else {
                 let known = fast.then(|| {
@@ -1310,6 +1311,7 @@ impl Brick for Firewall {
             verdict[i] = pass as u8;
             all &= pass;
         }
+        self.counters.passed_flow += hits;
         if !all {
             let mut i = 0;
             pkts.retain(|_| {

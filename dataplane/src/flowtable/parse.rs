@@ -212,7 +212,7 @@ pub fn fast_key(frame: &[u8], zone: u32) -> Option<FastKey> {
             return None;
         }
         let ip: &[u8; 20] = h[14..34].try_into().ok()?;
-        if !ipv4_checksum_ok(ip) {
+        if !ipv4_checksum_ok_20(ip) {
             return None;
         }
         let proto = h[23];
@@ -297,6 +297,20 @@ fn ipv4_checksum_ok(h: &[u8]) -> bool {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
+    sum == 0xffff
+}
+
+/// [`ipv4_checksum_ok`] for a header without options (20 bytes), without a loop: the
+/// five 32-bit words summed, folded once to 32 bits and three times to 16 (enough for any
+/// sum of five words), compared with 0xffff.
+#[inline(always)]
+fn ipv4_checksum_ok_20(h: &[u8; 20]) -> bool {
+    let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
+    let mut sum = w(0) + w(4) + w(8) + w(12) + w(16);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
     sum == 0xffff
 }
 
@@ -872,6 +886,9 @@ mod tests {
 
     #[test]
     fn checksum_in_32_bit_words_agrees_with_rfc_1071() {
+        // Edge sums: all zero (sum 0: not valid), all ones (valid).
+        assert!(!ipv4_checksum_ok_20(&[0; 20]) && !ipv4_checksum_ok(&[0; 20]));
+        assert!(ipv4_checksum_ok_20(&[0xff; 20]) && ipv4_checksum_ok(&[0xff; 20]));
         let mut s = 0x1234_5678u32;
         for _ in 0..2000 {
             let mut h = [0u8; 24];
@@ -887,8 +904,12 @@ mod tests {
             h[10..12].copy_from_slice(&c.to_be_bytes());
             assert!(ipv4_checksum_ok(&h[..n]));
             assert_eq!(internet_checksum(&h[..n]), 0);
+            let h20: &[u8; 20] = h[..20].try_into().unwrap();
+            assert_eq!(ipv4_checksum_ok_20(h20), internet_checksum(&h[..20]) == 0);
             h[(s as usize >> 8) % n] ^= 0x10;
             assert_eq!(ipv4_checksum_ok(&h[..n]), internet_checksum(&h[..n]) == 0);
+            let h20: &[u8; 20] = h[..20].try_into().unwrap();
+            assert_eq!(ipv4_checksum_ok_20(h20), ipv4_checksum_ok(&h[..20]));
         }
     }
 
