@@ -88,10 +88,10 @@
 //! A burst is handled in two passes. The first reads each packet with
 //! [`crate::flowtable::parse::fast_key`] (untagged IPv4 without options or IPv6 without
 //! extension headers, unfragmented TCP or UDP: the same checks as the full parser, in one
-//! short pass), hashes its key and prefetches its index slot. The second decides in
-//! order: a fast packet whose flow exists is counted on it and passes
-//! ([`crate::flowtable::FlowTable::hit`]), with the flow of the packet 8 places further
-//! prefetched; any other packet (ARP, ICMP, VLAN tags, fragments, options, a first packet)
+//! short pass), hashes its key and prefetches its index slot (and the flow of the
+//! packet 16 places back). The second decides in order: a fast packet whose flow exists
+//! is counted on it and passes ([`crate::flowtable::FlowTable::hit`]), with the flows of
+//! the burst's last packets prefetched 8 places ahead; any other packet (ARP, ICMP, VLAN tags, fragments, options, a first packet)
 //! takes the general parser and the classifier. One clock reading per burst; nothing is
 //! allocated.
 //!
@@ -759,6 +759,10 @@ pub struct Firewall {
 /// burst's flows before the loop, were slower; 8 to 16 alike within the noise).
 const PREFETCH_AHEAD: usize = 8;
 
+/// How many packets behind the parsing loop prefetches flows (their index slots, asked
+/// for that many packets earlier, have arrived by then).
+const PARSE_BEHIND: usize = 16;
+
 /// `Scratch::meta`: the fast parser took the packet (key and hash are set).
 const FAST: u16 = 1 << 9;
 /// `Scratch::meta`: the packet's source is the key's low endpoint.
@@ -1248,12 +1252,12 @@ impl Brick for Firewall {
             RuleDirection::Inbound
         };
         // Two passes so the flow table's cache misses overlap (as VPP's graph nodes do):
-        // key and hash every packet the fast parser takes, prefetching its index slot;
+        // key and hash every packet the fast parser takes, prefetching its index slot and
+        // the flow of the packet PARSE_BEHIND places back (whose index slot has arrived);
         // then decide in order (a flow created by a packet is found by the later packets
-        // of the same burst), prefetching the flow of the packet PREFETCH_AHEAD places
-        // further (its index slot has arrived by then). Packets the fast parser does not
-        // take, and fast packets without a flow, go through the general parser and the
-        // classifier.
+        // of the same burst), prefetching the flows of the last PARSE_BEHIND packets
+        // PREFETCH_AHEAD places ahead. Packets the fast parser does not take, and fast
+        // packets without a flow, go through the general parser and the classifier.
         const DROP: u8 = 0;
         const PASS: u8 = 1;
         let n = pkts.len();
@@ -1270,9 +1274,16 @@ impl Brick for Firewall {
                 }
                 None => sc.meta[i] = 0,
             }
+            if let Some(back) = i.checked_sub(PARSE_BEHIND)
+                && sc.meta[back] & FAST != 0
+            {
+                self.flows.prefetch_flow(sc.hashes[back]);
+            }
         }
         let n = n.min(BURST_SIZE);
-        for i in 0..PREFETCH_AHEAD.min(n) {
+        // The last PARSE_BEHIND packets' flows are prefetched by the decision loop.
+        let first_late = n.saturating_sub(PARSE_BEHIND);
+        for i in first_late..(first_late + PREFETCH_AHEAD).min(n) {
             if sc.meta[i] & FAST != 0 {
                 self.flows.prefetch_flow(sc.hashes[i]);
             }
@@ -1281,7 +1292,7 @@ impl Brick for Firewall {
         let mut all = true;
         let mut hits = 0;
         for (i, p) in pkts.iter().enumerate().take(BURST_SIZE) {
-            let ahead = i + PREFETCH_AHEAD;
+            let ahead = first_late + i + PREFETCH_AHEAD;
             if ahead < n && self.scratch.meta[ahead] & FAST != 0 {
                 self.flows.prefetch_flow(self.scratch.hashes[ahead]);
             }
