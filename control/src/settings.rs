@@ -16,12 +16,31 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/butterfly/state.json";
 pub const DEFAULT_VHOST_SOCKET_DIR: &str = "/run/butterfly/vhost";
 /// Default directory of packet traces.
 pub const DEFAULT_TRACE_DIR: &str = "/var/lib/butterfly/trace";
-/// Default underlay MTU, in bytes.
+/// Underlay MTU assumed when the underlay's own cannot be read (a DPDK driver without
+/// MTU support), in bytes.
 pub const DEFAULT_MTU: u32 = 1500;
 /// Smallest accepted underlay MTU, in bytes: the IPv6 minimum link MTU (RFC 8200 §5).
 pub const MIN_MTU: u32 = 1280;
 /// Largest accepted underlay MTU (common jumbo frame limit), in bytes.
 pub const MAX_MTU: u32 = 9216;
+/// EAL arguments of the DPDK backend when `--dpdk-args` is not given, before the
+/// `--vdev` of [`default_dpdk_args`]: no hugepages (512 MiB of ordinary memory), no PCI
+/// scan, no shared configuration files (several DPDK processes can run side by side).
+/// `--in-memory` is not used: DPDK 22.11 refuses it together with `--no-huge`.
+pub const DEFAULT_DPDK_EAL: &[&str] = &["--no-huge", "--no-pci", "-m", "512", "--no-shconf"];
+
+/// The EAL arguments used when `--dpdk-args` is not given: [`DEFAULT_DPDK_EAL`] plus
+/// `--vdev net_af_packet0,iface=NIC`, a DPDK port (id 0) on the kernel interface `nic`
+/// through an AF_PACKET socket. Works on any Linux interface without hugepages or a
+/// vfio-bound NIC; a NIC that DPDK owns needs explicit `--dpdk-args` (e.g. `-a
+/// 0000:01:00.0` with hugepages reserved).
+pub fn default_dpdk_args(nic: &str) -> Vec<String> {
+    DEFAULT_DPDK_EAL
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--vdev".to_string(), format!("net_af_packet0,iface={nic}")])
+        .collect()
+}
 
 /// How the XDP program that steers VXLAN to the AF_XDP sockets is attached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -89,16 +108,29 @@ pub struct Options {
     /// Pin the dataplane worker thread to this CPU [default: not pinned].
     #[arg(long, value_name = "CPU")]
     pub worker_cpu: Option<usize>,
-    /// Underlay MTU in bytes, 1280..=9216; VMs get MTU − 50 (IPv4 underlay) or − 70
-    /// (IPv6) [default: 1500].
+    /// Underlay MTU in bytes, 1280..=9216: encapsulated frames longer than this are
+    /// dropped (and counted as the VTEP's `drop_too_big`), never sent or fragmented; VMs
+    /// get MTU − 50 (IPv4 underlay) or − 70 (IPv6). Must not exceed the underlay
+    /// interface's (or DPDK port's) MTU: butterflyd refuses to start then. [default: the
+    /// underlay interface's MTU].
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
     /// XDP attach mode [default: auto].
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpMode>,
-    /// Host NIC driver [default: afxdp].
+    /// Host NIC driver [default: afxdp]. `dpdk` needs a butterflyd built with the `dpdk`
+    /// cargo feature; no XDP program is attached then.
     #[arg(long, value_enum)]
     pub nic_backend: Option<NicBackend>,
+    /// DPDK EAL arguments, separated by whitespace (no quoting), with --nic-backend dpdk
+    /// [default: "--no-huge --no-pci -m 512 --no-shconf --vdev
+    /// net_af_packet0,iface=NIC"].
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub dpdk_args: Option<String>,
+    /// DPDK port id (0-based, in probe order) used as the underlay with --nic-backend
+    /// dpdk [default: 0].
+    #[arg(long, value_name = "N")]
+    pub dpdk_port: Option<u16>,
     /// Serve Prometheus metrics (text format) on http://ADDR:PORT/metrics [default: off].
     #[arg(long, value_name = "ADDR:PORT")]
     pub prometheus: Option<SocketAddr>,
@@ -132,12 +164,16 @@ pub struct Settings {
     pub trace_dir: PathBuf,
     /// Worker CPU.
     pub worker_cpu: Option<usize>,
-    /// Underlay MTU, bytes.
-    pub mtu: u32,
+    /// Underlay MTU asked for, bytes (`None`: the underlay interface's).
+    pub mtu: Option<u32>,
     /// XDP mode.
     pub xdp_mode: XdpMode,
     /// NIC backend.
     pub nic_backend: NicBackend,
+    /// EAL arguments of the DPDK backend (without the program name).
+    pub dpdk_args: Vec<String>,
+    /// DPDK port id of the underlay.
+    pub dpdk_port: u16,
     /// Prometheus endpoint.
     pub prometheus: Option<SocketAddr>,
     /// Log filter.
@@ -212,6 +248,8 @@ impl Options {
             mtu: self.mtu.or(file.mtu),
             xdp_mode: self.xdp_mode.or(file.xdp_mode),
             nic_backend: self.nic_backend.or(file.nic_backend),
+            dpdk_args: self.dpdk_args.or(file.dpdk_args),
+            dpdk_port: self.dpdk_port.or(file.dpdk_port),
             prometheus: self.prometheus.or(file.prometheus),
             log_level: self.log_level.or(file.log_level),
             no_dataplane: self.no_dataplane || file.no_dataplane,
@@ -247,13 +285,37 @@ impl Settings {
         if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() && !o.no_dataplane {
             return Err(invalid("ip", format!("{ip} cannot be a VTEP address")));
         }
-        let mtu = o.mtu.unwrap_or(DEFAULT_MTU);
-        if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+        let mtu = o.mtu;
+        if let Some(mtu) = mtu
+            && !(MIN_MTU..=MAX_MTU).contains(&mtu)
+        {
             return Err(invalid(
                 "mtu",
                 format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}"),
             ));
         }
+        let nic_backend = o.nic_backend.unwrap_or_default();
+        if nic_backend == NicBackend::Dpdk && !cfg!(feature = "dpdk") && !o.no_dataplane {
+            return Err(invalid(
+                "nic-backend",
+                "dpdk: this butterflyd was built without DPDK support: rebuild with \
+                 --features dpdk (cargo build -p butterfly --features dpdk; needs \
+                 libdpdk-dev, installed by cargo xtask deps)",
+            ));
+        }
+        let dpdk_args = match &o.dpdk_args {
+            Some(a) => {
+                let v: Vec<String> = a.split_whitespace().map(String::from).collect();
+                if v.is_empty() {
+                    return Err(invalid(
+                        "dpdk-args",
+                        "empty: give EAL arguments or leave the option out for the default",
+                    ));
+                }
+                v
+            }
+            None => default_dpdk_args(&nic),
+        };
         let api_tcp = match (o.api_tcp, o.tls_cert, o.tls_key) {
             (None, None, None) if o.tls_client_ca.is_none() => None,
             (Some(addr), Some(cert), Some(key)) => Some(TlsEndpoint {
@@ -288,7 +350,9 @@ impl Settings {
             worker_cpu: o.worker_cpu,
             mtu,
             xdp_mode: o.xdp_mode.unwrap_or_default(),
-            nic_backend: o.nic_backend.unwrap_or_default(),
+            nic_backend,
+            dpdk_args,
+            dpdk_port: o.dpdk_port.unwrap_or(0),
             prometheus: o.prometheus,
             log_level: o.log_level.unwrap_or_else(|| "info".into()),
             no_dataplane: o.no_dataplane,
@@ -324,7 +388,7 @@ mod tests {
         assert_eq!(s.state_file, PathBuf::from("/var/lib/butterfly/state.json"));
         assert_eq!(
             (s.mtu, s.xdp_mode, s.nic_backend),
-            (1500, XdpMode::Auto, NicBackend::Afxdp)
+            (None, XdpMode::Auto, NicBackend::Afxdp)
         );
         assert_eq!(
             (s.api_tcp.clone(), s.prometheus, s.worker_cpu),
@@ -419,7 +483,7 @@ mod tests {
         assert_eq!(s.ip, "2001:db8::1".parse::<IpAddr>().unwrap());
         assert_eq!(
             (s.mtu, s.xdp_mode, s.worker_cpu, s.no_dataplane),
-            (1600, XdpMode::Generic, Some(1), true)
+            (Some(1600), XdpMode::Generic, Some(1), true)
         );
     }
 
@@ -440,6 +504,51 @@ mod tests {
             .collect();
         let o: Options = toml::from_str(&all).unwrap();
         assert!(o.api_tcp.is_some() && o.prometheus.is_some() && o.worker_cpu.is_some());
+    }
+
+    #[test]
+    fn dpdk_args_and_port_default_to_af_packet_on_the_nic_and_parse_from_file() {
+        let s = Settings::resolve(minimal()).unwrap();
+        assert_eq!(
+            s.dpdk_args.join(" "),
+            "--no-huge --no-pci -m 512 --no-shconf --vdev net_af_packet0,iface=eth0"
+        );
+        assert_eq!(s.dpdk_port, 0);
+        let file: Options = toml::from_str(
+            "nic-backend = \"dpdk\"\ndpdk-args = \"--no-huge -m 256  --vdev net_tap0\"\ndpdk-port = 1\nno-dataplane = true\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(minimal().or(file)).unwrap();
+        assert_eq!(s.nic_backend, NicBackend::Dpdk);
+        assert_eq!(
+            s.dpdk_args,
+            ["--no-huge", "-m", "256", "--vdev", "net_tap0"]
+        );
+        assert_eq!(s.dpdk_port, 1);
+        let e = Settings::resolve(Options {
+            dpdk_args: Some("  ".into()),
+            ..minimal()
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("--dpdk-args: empty"), "{e}");
+    }
+
+    #[test]
+    fn dpdk_backend_needs_the_dpdk_feature() {
+        let r = Settings::resolve(Options {
+            nic_backend: Some(NicBackend::Dpdk),
+            ..minimal()
+        });
+        if cfg!(feature = "dpdk") {
+            assert_eq!(r.unwrap().nic_backend, NicBackend::Dpdk);
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.starts_with("--nic-backend: dpdk: this butterflyd was built without DPDK")
+                    && e.contains("rebuild with --features dpdk"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

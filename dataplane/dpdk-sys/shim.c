@@ -60,11 +60,13 @@ int32_t bf_pktmbuf_copy_out(const struct rte_mbuf *m, uint8_t *dst, uint32_t cap
 
 int bf_pktmbuf_copy_in(struct rte_mbuf *m, const uint8_t *src, uint16_t len)
 {
-    rte_pktmbuf_reset(m);
-    char *dst = rte_pktmbuf_append(m, len);
-    if (dst == NULL)
+    /* m comes from rte_pktmbuf_alloc[_bulk], which reset it (empty, one segment, default
+     * headroom): no second reset on the TX hot path. */
+    if (len > rte_pktmbuf_tailroom(m))
         return -1;
-    memcpy(dst, src, len);
+    m->data_len = len;
+    m->pkt_len = len;
+    memcpy(rte_pktmbuf_mtod(m, char *), src, len);
     return 0;
 }
 

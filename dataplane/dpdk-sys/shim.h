@@ -41,8 +41,9 @@ uint16_t bf_pktmbuf_nb_segs(const struct rte_mbuf *m);
 /* Copies the frame (all segments) into dst; returns its length, or -1 (nothing copied)
  * when it is longer than cap. */
 int32_t bf_pktmbuf_copy_out(const struct rte_mbuf *m, uint8_t *dst, uint32_t cap);
-/* Resets m to an empty frame and copies len bytes of src into it; returns 0, or -1 when
- * they do not fit in the data room after the headroom. */
+/* Copies len bytes of src into m, which must be freshly allocated (rte_pktmbuf_alloc or
+ * _alloc_bulk: empty, reset); returns 0, or -1 when they do not fit in the data room after
+ * the headroom. */
 int bf_pktmbuf_copy_in(struct rte_mbuf *m, const uint8_t *src, uint16_t len);
 /* Asks the port to compute checksums `csum` (bf_csum bits) of m: sets l2_len, l3_len and
  * the RTE_MBUF_F_TX_* flags. l3 is a bf_l3 value. The caller writes 0 in the IPv4

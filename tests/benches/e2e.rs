@@ -80,7 +80,7 @@ use butterfly_ebpf::{LoadGen, SinkCounts, SinkMatch, VXLAN_PORT};
 use butterfly_tests::cpu::{
     CpuTimes, thread_cpu_ns, thread_named, thread_report, thread_times, thread_wait_ns,
 };
-use butterfly_tests::daemon::Daemon;
+use butterfly_tests::daemon::{Host, bin_dir};
 use butterfly_tests::testpmd::Testpmd;
 use butterfly_tests::xdpgen::{Generator, install_stop_signal};
 use butterfly_tests::{Netns, TempDir, require_root, require_tool};
@@ -551,7 +551,7 @@ struct Nics {
     to_idle: u64,
 }
 
-fn nics(d: &Daemon) -> Nics {
+fn nics(d: &Host) -> Nics {
     Nics {
         to_vm: d.stat("vm", "tx_packets"),
         from_vm: d.stat("vm", "rx_packets"),
@@ -585,13 +585,18 @@ fn butterfly() -> ButterflyRun {
     setup_if(&host, "bdut", DUT_MAC, &format!("{DUT_IP}/24"));
     let under_sink = sink(&gen_ns, "bgen", vxlan_sink_match(), cpus().generator);
     let cpu = cpus().dut.to_string();
-    let d = Daemon::start(
-        &host,
-        dir.path(),
+    let mut d = Host::new(
+        "dut",
+        host,
         "bdut",
         &DUT_IP.to_string(),
-        &["--worker-cpu", &cpu, "--xdp-mode", "native"],
+        dir.path().to_path_buf(),
+        bin_dir(),
     );
+    d.extra_args = ["--worker-cpu", &cpu, "--xdp-mode", "native"]
+        .map(String::from)
+        .to_vec();
+    d.start();
     d.cli(&["sg", "add", "e2e"]);
     d.cli(&[
         "sg",
@@ -640,7 +645,7 @@ fn butterfly() -> ButterflyRun {
         );
     }
     let diag = || format!("{}\ndaemon log:\n{}", d.cli(&["status"]), d.log());
-    let (pid, worker) = (d.pid(), WORKER_THREAD);
+    let (pid, worker) = (d.pid().expect("butterflyd runs"), WORKER_THREAD);
     let worker_tid = thread_named(pid, worker)
         .unwrap_or_else(|| panic!("no thread {worker} in butterflyd ({pid})"));
     let worker_seconds = || thread_cpu_ns(pid, worker_tid) as f64 / 1e9;
@@ -734,12 +739,12 @@ fn butterfly() -> ButterflyRun {
     let from = pmd.len();
     let perf = perf_window(worker_tid, "vxlan_to_vm");
     let (t0, s0, w0) = (Instant::now(), worker_seconds(), worker_waited());
-    let o0 = offered(&host, "bdut");
+    let o0 = offered(&d.ns, "bdut");
     let (pmd0, me0) = (thread_times(pmd.pid()), thread_times(std::process::id()));
     std::thread::sleep(WINDOW);
     let (t1, s1, w1) = (Instant::now(), worker_seconds(), worker_waited());
     let secs = (t1 - t0).as_secs_f64();
-    let offered_mpps = (offered(&host, "bdut") - o0) as f64 / secs / 1e6;
+    let offered_mpps = (offered(&d.ns, "bdut") - o0) as f64 / secs / 1e6;
     println!(
         "e2e: CPU use during the window: testpmd: {}; bench: {}",
         thread_report(&pmd0, &thread_times(pmd.pid()), secs),

@@ -9,108 +9,12 @@
 //! `butterfly status`, `nic stats`, the pcap trace of guest 1 (read back with tshark), and
 //! teardown (also when a step fails). Exit status 0 only when every step succeeded.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
+use butterfly_tests::daemon::{self, Host};
 use butterfly_tests::qemu::{Guest, guest_image};
-use butterfly_tests::{KillOnDrop, Netns, TempDir, Veth, require_root, require_tool, veth_pair};
-
-fn bin_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("BUTTERFLY_BIN_DIR") {
-        return d.into();
-    }
-    // target/debug/examples/demo_butterfly → target/debug
-    std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("target/debug"))
-}
-
-struct Host {
-    name: &'static str,
-    daemon: Option<KillOnDrop>,
-    ns: Netns,
-    nic: String,
-    ip: &'static str,
-    dir: PathBuf,
-}
-
-impl Host {
-    fn socket(&self) -> PathBuf {
-        self.dir.join("api.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("butterflyd.log")).unwrap_or_default()
-    }
-
-    fn start(&mut self) -> Result<(), String> {
-        let log =
-            std::fs::File::create(self.dir.join("butterflyd.log")).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.ns.name()])
-            .arg(bin_dir().join("butterflyd"))
-            .args(["--nic", &self.nic, "--ip", self.ip])
-            .arg("--api-socket")
-            .arg(self.socket())
-            .arg("--state-file")
-            .arg(self.dir.join("state.json"))
-            .arg("--trace-dir")
-            .arg(&self.dir)
-            .arg("--vhost-socket-dir")
-            .arg(self.dir.join("vhost"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        println!(
-            "        $ ip netns exec {} butterflyd --nic {} --ip {} --api-socket {} ...",
-            self.ns.name(),
-            self.nic,
-            self.ip,
-            self.socket().display()
-        );
-        let mut guard = KillOnDrop::new(cmd.spawn().map_err(|e| format!("butterflyd: {e}"))?);
-        let t0 = Instant::now();
-        loop {
-            if let Ok(Some(st)) = guard.child().try_wait() {
-                return Err(format!("butterflyd exited ({st}):\n{}", self.log()));
-            }
-            if self.socket().exists() && self.cli_raw(&["status"]).status.success() {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(20) {
-                return Err(format!("butterflyd API not up after 20 s:\n{}", self.log()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.daemon = Some(guard);
-        Ok(())
-    }
-
-    fn cli_raw(&self, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("butterfly"))
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("running butterfly")
-    }
-
-    fn cli(&self, args: &[&str]) -> Result<String, String> {
-        println!("        [{}] $ butterfly {}", self.name, args.join(" "));
-        let out = self.cli_raw(args);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(format!(
-                "butterfly {args:?}: {}{text}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-}
+use butterfly_tests::{require_root, require_tool};
 
 struct Steps {
     n: usize,
@@ -129,86 +33,38 @@ impl Steps {
     }
 }
 
+/// The two hosts and the guests (dropped first).
 struct Lab {
     guests: Vec<Guest>,
-    hosts: Vec<Host>,
-    _underlay: Veth,
-    dir: TempDir,
+    lab: daemon::Lab,
 }
 
 fn setup() -> Result<Lab, String> {
-    let dir = TempDir::new("butterfly-demo");
-    let h1 = Netns::new("demohost");
-    let h2 = Netns::new("demohost");
-    let mut underlay = veth_pair("demou");
-    underlay.move_a_to(&h1);
-    underlay.move_b_to(&h2);
-    let mut hosts = Vec::new();
-    for (name, ns, nic, ip) in [
-        ("host1", h1, underlay.a().to_string(), "10.99.0.1"),
-        ("host2", h2, underlay.b().to_string(), "10.99.0.2"),
-    ] {
-        ns.addr(&nic, &format!("{ip}/24"));
-        ns.up(&nic);
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-        let mut h = Host {
-            name,
-            daemon: None,
-            ns,
-            nic,
-            ip,
-            dir: d,
-        };
-        h.start()?;
-        hosts.push(h);
-    }
+    let mut lab = daemon::Lab::with_bins(
+        "demo",
+        ["10.99.0.1", "10.99.0.2"],
+        &daemon::bin_dir_unbuilt(),
+    );
+    lab.echo(true);
+    lab.try_start()?;
     Ok(Lab {
         guests: Vec::new(),
-        hosts,
-        _underlay: underlay,
-        dir,
+        lab,
     })
 }
 
 fn demo(lab: &mut Lab, s: &mut Steps) -> Result<(), String> {
     println!("demo: security group 'web' (ICMP and TCP/5000 in) on both hosts");
-    for h in &lab.hosts {
-        h.cli(&["sg", "add", "web"])?;
-        h.cli(&[
-            "sg",
-            "rule",
-            "add",
-            "web",
-            "--dir",
-            "in",
-            "--ip-proto",
-            "icmp",
-            "--cidr",
-            "0.0.0.0/0",
-        ])?;
-        h.cli(&[
-            "sg",
-            "rule",
-            "add",
-            "web",
-            "--dir",
-            "in",
-            "--ip-proto",
-            "tcp",
-            "--port",
-            "5000",
-            "--cidr",
-            "0.0.0.0/0",
-        ])?;
+    for h in &lab.lab.hosts {
+        h.try_web_sg()?;
     }
     println!("demo: QEMU guests on vhost-user");
-    let trace = lab.dir.join("guest1.pcap");
+    let trace = lab.lab.dir.join("guest1.pcap");
     let trace_s = trace.to_string_lossy().into_owned();
     for (n, h, vni) in [(1u8, 0usize, 42u32), (2, 1, 42), (3, 1, 7)] {
         let mac = format!("52:54:00:42:00:{n:02x}");
         let ip = format!("10.0.42.{n}");
-        let sock = lab.hosts[h].dir.join(format!("guest{n}.sock"));
+        let sock = lab.lab.hosts[h].dir.join(format!("guest{n}.sock"));
         let sock_s = sock.to_string_lossy().into_owned();
         let vni_s = vni.to_string();
         let id = format!("guest{n}");
@@ -234,7 +90,7 @@ fn demo(lab: &mut Lab, s: &mut Steps) -> Result<(), String> {
         if n == 1 {
             args.extend_from_slice(&["--packet-trace", "--trace-path", &trace_s]);
         }
-        print!("{}", lab.hosts[h].cli(&args)?);
+        print!("{}", lab.lab.hosts[h].try_cli(&args)?);
         println!(
             "        guest {n}: QEMU on {}, MAC {mac}, {ip}/24, VNI {vni}",
             sock.display()
@@ -281,10 +137,10 @@ fn demo(lab: &mut Lab, s: &mut Steps) -> Result<(), String> {
         && lab.guests[2].try_ping("10.0.42.2", 1).is_err();
     s.check("guest 3 on VNI 7 reaches nobody on VNI 42", isolated, "");
 
-    let before = antispoof_drops(&lab.hosts[0], "guest1")?;
+    let before = antispoof_drops(&lab.lab.hosts[0], "guest1")?;
     lab.guests[0].sh("ip addr add 10.0.42.99/24 dev eth0");
     let (ok, _) = lab.guests[0].sh("ping -c 3 -W 1 -I 10.0.42.99 10.0.42.2");
-    let after = antispoof_drops(&lab.hosts[0], "guest1")?;
+    let after = antispoof_drops(&lab.lab.hosts[0], "guest1")?;
     s.check(
         "spoofed source 10.0.42.99 from guest 1 dropped by antispoof",
         !ok && after >= before + 3,
@@ -292,10 +148,10 @@ fn demo(lab: &mut Lab, s: &mut Steps) -> Result<(), String> {
     );
 
     println!("demo: butterfly status (host1)");
-    print!("{}", lab.hosts[0].cli(&["status"])?);
+    print!("{}", lab.lab.hosts[0].try_cli(&["status"])?);
     println!("demo: butterfly nic stats (host1, host2)");
-    print!("{}", lab.hosts[0].cli(&["nic", "stats", "guest1"])?);
-    print!("{}", lab.hosts[1].cli(&["nic", "stats", "guest2"])?);
+    print!("{}", lab.lab.hosts[0].try_cli(&["nic", "stats", "guest1"])?);
+    print!("{}", lab.lab.hosts[1].try_cli(&["nic", "stats", "guest2"])?);
     println!("demo: packet trace of guest 1: {}", trace.display());
     let frames = butterfly_tests::tshark::count(&trace, "icmp");
     s.check(
@@ -307,18 +163,7 @@ fn demo(lab: &mut Lab, s: &mut Steps) -> Result<(), String> {
 }
 
 fn antispoof_drops(h: &Host, id: &str) -> Result<u64, String> {
-    let out = h.cli(&["--json", "nic", "stats", id])?;
-    let key = "\"dropped_antispoof\":";
-    let at = out
-        .find(key)
-        .ok_or_else(|| format!("no counter in {out}"))?;
-    out[at + key.len()..]
-        .trim_start()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .map_err(|_| format!("bad counter in {out}"))
+    h.try_stat(id, "dropped_antispoof")
 }
 
 fn main() -> ExitCode {
@@ -335,7 +180,7 @@ fn main() -> ExitCode {
     let result = setup().and_then(|mut lab| {
         let r = demo(&mut lab, &mut steps);
         if r.is_err() || !steps.failed.is_empty() {
-            for h in &lab.hosts {
+            for h in &lab.lab.hosts {
                 println!("demo: {} daemon log:\n{}", h.name, h.log());
             }
         }

@@ -11,37 +11,10 @@
 //!
 //! Needs root, ping, socat and tshark.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use butterfly_tests::{KillOnDrop, Netns, TempDir, Veth, require_root, require_tool, veth_pair};
-
-/// `target/<profile>` holding `butterfly` and `butterflyd`, built if missing or older
-/// than their sources (`cargo build -p butterfly --bins`).
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "butterfly", "--bins", "--quiet"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("running cargo build -p butterfly --bins");
-        assert!(status.success(), "cargo build -p butterfly --bins failed");
-        dir
-    })
-}
+use butterfly_tests::daemon::Lab;
+use butterfly_tests::{require_root, require_tool};
 
 fn prerequisites() {
     require_root();
@@ -50,296 +23,42 @@ fn prerequisites() {
     }
 }
 
-/// One host: its namespace, its underlay interface and its daemon (killed on drop).
-struct Host {
-    daemon: Option<KillOnDrop>,
-    ns: Netns,
-    nic: String,
-    ip: String,
-    dir: PathBuf,
+/// Two hosts (underlay 10.99.0.1 and .2), their daemons started.
+fn lab(tag: &str) -> Lab {
+    lab_on(tag, ["10.99.0.1", "10.99.0.2"])
 }
 
-impl Host {
-    fn socket(&self) -> PathBuf {
-        self.dir.join("api.sock")
-    }
+/// Two hosts whose underlay addresses (and VTEP IPs) are `ips`, daemons started.
+fn lab_on(tag: &str, ips: [&str; 2]) -> Lab {
+    prerequisites();
+    let mut lab = Lab::new(&format!("bd{tag}"), ips);
+    lab.start();
+    lab
+}
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("butterflyd.log")).unwrap_or_default()
-    }
-
-    /// Starts butterflyd in the host's namespace and waits for its API.
-    fn start(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("butterflyd.log"))
-            .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", self.ns.name()])
-            .arg(bin_dir().join("butterflyd"))
-            .args(["--nic", &self.nic, "--ip", &self.ip, "--log-level", "info"])
-            .arg("--api-socket")
-            .arg(self.socket())
-            .arg("--state-file")
-            .arg(self.dir.join("state.json"))
-            .arg("--trace-dir")
-            .arg(&self.dir)
-            .arg("--vhost-socket-dir")
-            .arg(self.dir.join("vhost"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting butterflyd");
-        let mut guard = KillOnDrop::new(child);
-        let t0 = Instant::now();
-        loop {
-            if let Ok(Some(st)) = guard.child().try_wait() {
-                panic!("butterflyd exited at start ({st}):\n{}", self.log());
-            }
-            if self.socket().exists() && self.cli_raw(&["status"]).status.success() {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "butterflyd API not up after 20 s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.daemon = Some(guard);
-    }
-
-    /// `kill -9` the daemon.
-    fn kill9(&mut self) {
-        let mut d = self.daemon.take().expect("daemon running");
-        let _ = d.child().kill();
-        let _ = d.child().wait();
-    }
-
-    fn cli_raw(&self, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("butterfly"))
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("running butterfly")
-    }
-
-    /// Runs the CLI; panics with its output and the daemon's log unless it succeeds.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = self.cli_raw(args);
-        assert!(
-            out.status.success(),
-            "butterfly {args:?} failed ({}): {}{}\ndaemon log:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// One counter of `butterfly --json nic stats ID`.
-    fn stat(&self, id: &str, name: &str) -> u64 {
-        let out = self.cli(&["--json", "nic", "stats", id]);
-        let key = format!("\"{name}\":");
-        let at = out
-            .find(&key)
-            .unwrap_or_else(|| panic!("no {name} in {out}"));
-        out[at + key.len()..]
-            .trim_start()
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap_or_else(|_| panic!("bad {name} in {out}"))
+/// The security group `web` (ICMP and TCP/5000 in) on both hosts.
+fn web_sg(lab: &Lab) {
+    for h in &lab.hosts {
+        h.try_web_sg()
+            .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     }
 }
 
-/// A "VM": a namespace holding the tap NIC `id` of a host.
-struct Vm {
-    ns: Netns,
-    id: String,
-    mac: String,
-    ip: String,
-}
-
-impl Vm {
-    fn ping(&self, dst: &str, count: u32) -> bool {
-        let c = count.to_string();
-        self.ns
-            .run(&["ping", "-c", &c, "-i", "0.2", "-W", "1", dst])
-            .status
-            .success()
-    }
-
-    /// Pings `dst` until one answer comes back (ARP and FDB learning across the hosts
-    /// take a round trip or two), at most 10 s.
-    fn reach(&self, dst: &str) -> bool {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
-            if self
-                .ns
-                .run(&["ping", "-c", "1", "-W", "1", dst])
-                .status
-                .success()
-            {
-                return true;
-            }
-        }
-        false
-    }
-}
-
-/// Two hosts joined by a veth underlay, a daemon in each.
-struct Lab {
-    vms: Vec<Vm>,
-    hosts: [Host; 2],
-    _underlay: Veth,
-    _dir: TempDir,
-}
-
-impl Lab {
-    fn new(tag: &str) -> Lab {
-        Lab::with_underlay(tag, ["10.99.0.1", "10.99.0.2"])
-    }
-
-    /// Two hosts whose underlay addresses (and VTEP IPs) are `ips` (IPv4 /24 or IPv6
-    /// /64, without DAD).
-    fn with_underlay(tag: &str, ips: [&str; 2]) -> Lab {
-        prerequisites();
-        let dir = TempDir::new(&format!("daemon-{tag}"));
-        let h1 = Netns::new(&format!("bd{tag}h"));
-        let h2 = Netns::new(&format!("bd{tag}h"));
-        let mut underlay = veth_pair(&format!("bd{tag}u"));
-        underlay.move_a_to(&h1);
-        underlay.move_b_to(&h2);
-        let (ua, ub) = (underlay.a().to_string(), underlay.b().to_string());
-        let mut hosts = [(h1, ua, ips[0]), (h2, ub, ips[1])]
-            .into_iter()
-            .enumerate()
-            .map(|(i, (ns, nic, ip))| {
-                if ip.contains(':') {
-                    ns.run_ok(&[
-                        "ip",
-                        "addr",
-                        "add",
-                        &format!("{ip}/64"),
-                        "dev",
-                        &nic,
-                        "nodad",
-                    ]);
-                } else {
-                    ns.addr(&nic, &format!("{ip}/24"));
-                }
-                ns.up(&nic);
-                let d = dir.join(&format!("host{}", i + 1));
-                std::fs::create_dir_all(&d).unwrap();
-                Host {
-                    daemon: None,
-                    ns,
-                    nic,
-                    ip: ip.to_string(),
-                    dir: d,
-                }
-            });
-        let mut hosts: [Host; 2] = [hosts.next().unwrap(), hosts.next().unwrap()];
-        for h in &mut hosts {
-            h.start();
-        }
-        Lab {
-            vms: Vec::new(),
-            hosts,
-            _underlay: underlay,
-            _dir: dir,
-        }
-    }
-
-    /// Adds a tap NIC on host `h` (0 or 1) with the CLI, plus `extra` options, and moves
-    /// it into a new VM namespace with its MAC and IP. Returns the VM's index.
-    fn vm(&mut self, h: usize, vni: u32, ip: &str, extra: &[&str]) -> usize {
-        let n = self.vms.len() + 1;
-        let id = butterfly_tests::unique_ifname("bdv");
-        let mac = format!("52:54:00:42:00:{n:02x}");
-        let vni = vni.to_string();
-        let mut args = vec![
-            "nic", "add", "--id", &id, "--mac", &mac, "--vni", &vni, "--ip", ip, "--type", "tap",
-        ];
-        args.extend_from_slice(extra);
-        self.hosts[h].cli(&args);
-        let ns = Netns::new("bdvm");
-        ns.disable_ipv6();
-        let vm = Vm {
-            ns,
-            id,
-            mac,
-            ip: ip.to_string(),
-        };
-        self.plug(h, &vm);
-        self.vms.push(vm);
-        self.vms.len() - 1
-    }
-
-    /// Moves the (re)created tap of `vm` from host `h` into the VM's namespace.
-    fn plug(&self, h: usize, vm: &Vm) {
-        self.hosts[h]
-            .ns
-            .run_ok(&["ip", "link", "set", &vm.id, "netns", vm.ns.name()]);
-        vm.ns.run_ok(&[
-            "ip", "link", "set", &vm.id, "address", &vm.mac, "mtu", "1400", "up",
-        ]);
-        if !vm.ip.contains(':') {
-            // IPv6 VMs get their address from their test, after enabling IPv6.
-            vm.ns.addr(&vm.id, &format!("{}/24", vm.ip));
-        }
-    }
-
-    /// The security group `web` on both hosts: ICMP and TCP/5000 in from anywhere.
-    fn web_sg(&self) {
-        for h in &self.hosts {
-            h.cli(&["sg", "add", "web"]);
-            h.cli(&[
-                "sg",
-                "rule",
-                "add",
-                "web",
-                "--dir",
-                "in",
-                "--ip-proto",
-                "icmp",
-                "--cidr",
-                "0.0.0.0/0",
-            ]);
-            h.cli(&[
-                "sg",
-                "rule",
-                "add",
-                "web",
-                "--dir",
-                "in",
-                "--ip-proto",
-                "tcp",
-                "--port",
-                "5000",
-                "--cidr",
-                "0.0.0.0/0",
-            ]);
-        }
-    }
+/// Adds a tap VM on host `h` (MAC 52:54:00:42:00:N, N = VMs so far + 1).
+fn vm(lab: &mut Lab, h: usize, vni: u32, ip: &str, extra: &[&str]) -> usize {
+    let mac = format!("52:54:00:42:00:{:02x}", lab.vms.len() + 1);
+    lab.tap_vm(h, "bdv", &mac, vni, ip, extra)
 }
 
 #[test]
 fn ping_across_hosts_same_host_switch_and_vni_isolation() {
-    let mut lab = Lab::new("p");
-    lab.web_sg();
+    let mut lab = lab("p");
+    web_sg(&lab);
     let sg = ["--sg", "web", "--enable-antispoof"];
-    let a = lab.vm(0, 42, "10.0.42.1", &sg);
-    let b = lab.vm(1, 42, "10.0.42.2", &sg);
+    let a = vm(&mut lab, 0, 42, "10.0.42.1", &sg);
+    let b = vm(&mut lab, 1, 42, "10.0.42.2", &sg);
     // VNI 7, same subnet: must reach nobody on VNI 42.
-    let c = lab.vm(1, 7, "10.0.42.3", &sg);
+    let c = vm(&mut lab, 1, 7, "10.0.42.3", &sg);
 
     assert!(
         lab.vms[a].reach("10.0.42.2"),
@@ -361,7 +80,7 @@ fn ping_across_hosts_same_host_switch_and_vni_isolation() {
 
     // A second NIC on VNI 42 on host 1 inserts a switch; same-host ping works; deleting
     // it removes the switch and a still reaches b.
-    let d = lab.vm(0, 42, "10.0.42.4", &sg);
+    let d = vm(&mut lab, 0, 42, "10.0.42.4", &sg);
     let dot = lab.hosts[0].cli(&["status"]);
     assert!(dot.contains("\"switch-42\""), "no switch-42 in: {dot}");
     assert!(lab.vms[d].reach("10.0.42.1"), "same-host ping d → a");
@@ -379,11 +98,11 @@ fn ping_across_hosts_same_host_switch_and_vni_isolation() {
 
 #[test]
 fn security_groups_allow_icmp_and_tcp_5000_block_6000_and_spoofing() {
-    let mut lab = Lab::new("s");
-    lab.web_sg();
+    let mut lab = lab("s");
+    web_sg(&lab);
     let sg = ["--sg", "web", "--enable-antispoof"];
-    let a = lab.vm(0, 42, "10.0.42.1", &sg);
-    let b = lab.vm(1, 42, "10.0.42.2", &sg);
+    let a = vm(&mut lab, 0, 42, "10.0.42.1", &sg);
+    let b = vm(&mut lab, 1, 42, "10.0.42.2", &sg);
     assert!(lab.vms[a].reach("10.0.42.2"), "ICMP allowed a → b");
 
     let _s5000 = lab.vms[b].ns.spawn(&[
@@ -496,11 +215,11 @@ fn security_groups_allow_icmp_and_tcp_5000_block_6000_and_spoofing() {
 
 #[test]
 fn nic_del_readd_and_daemon_kill9_restart_recover_traffic() {
-    let mut lab = Lab::new("r");
-    lab.web_sg();
+    let mut lab = lab("r");
+    web_sg(&lab);
     let sg = ["--sg", "web", "--enable-antispoof"];
-    let a = lab.vm(0, 42, "10.0.42.1", &sg);
-    let b = lab.vm(1, 42, "10.0.42.2", &sg);
+    let a = vm(&mut lab, 0, 42, "10.0.42.1", &sg);
+    let b = vm(&mut lab, 1, 42, "10.0.42.2", &sg);
     assert!(lab.vms[a].reach("10.0.42.2"), "a → b before anything");
 
     // nic del: b's tap disappears, a reaches nobody; re-add: traffic again.
@@ -525,7 +244,7 @@ fn nic_del_readd_and_daemon_kill9_restart_recover_traffic() {
         "web",
         "--enable-antispoof",
     ]);
-    lab.plug(1, &lab.vms[b]);
+    lab.hosts[1].plug(&lab.vms[b]);
     assert!(lab.vms[a].reach("10.0.42.2"), "a → b after nic re-add");
 
     // kill -9 host 2's daemon: the configuration survives, the tap comes back (a tap
@@ -542,7 +261,7 @@ fn nic_del_readd_and_daemon_kill9_restart_recover_traffic() {
         dump,
         "configuration after kill -9"
     );
-    lab.plug(1, &lab.vms[b]);
+    lab.hosts[1].plug(&lab.vms[b]);
     assert!(
         lab.vms[a].reach("10.0.42.2"),
         "a → b after the restart\n{}",
@@ -563,10 +282,7 @@ fn nic_del_readd_and_daemon_kill9_restart_recover_traffic() {
     assert!(lab.vms[a].ping("10.0.42.2", 3), "a → b after dump/load");
 
     // SIGTERM detaches XDP: no program left on the underlay.
-    let pid = lab.hosts[1].daemon.as_ref().unwrap().id().to_string();
-    butterfly_tests::run_ok(&["kill", "-TERM", &pid]);
-    let mut d = lab.hosts[1].daemon.take().unwrap();
-    let st = d.child().wait().unwrap();
+    let st = lab.hosts[1].terminate();
     assert!(st.success(), "butterflyd after SIGTERM: {st}");
     let link = lab.hosts[1]
         .ns
@@ -576,17 +292,18 @@ fn nic_del_readd_and_daemon_kill9_restart_recover_traffic() {
 
 #[test]
 fn packet_trace_file_grows_and_tshark_reads_it() {
-    let mut lab = Lab::new("t");
-    lab.web_sg();
+    let mut lab = lab("t");
+    web_sg(&lab);
     let trace = lab.hosts[0].dir.join("a.pcap");
     let trace_s = trace.to_str().unwrap().to_string();
-    let a = lab.vm(
+    let a = vm(
+        &mut lab,
         0,
         42,
         "10.0.42.1",
         &["--sg", "web", "--packet-trace", "--trace-path", &trace_s],
     );
-    let _b = lab.vm(1, 42, "10.0.42.2", &["--sg", "web"]);
+    let _b = vm(&mut lab, 1, 42, "10.0.42.2", &["--sg", "web"]);
     assert!(lab.vms[a].reach("10.0.42.2"), "a → b with the trace on");
     let size1 = std::fs::metadata(&trace).map(|m| m.len()).unwrap_or(0);
     assert!(size1 > 24, "trace file {} is empty", trace.display());
@@ -609,11 +326,11 @@ fn packet_trace_file_grows_and_tshark_reads_it() {
 
 #[test]
 fn ipv6_guests_across_hosts_with_bypass_filtering() {
-    let mut lab = Lab::new("6");
+    let mut lab = lab("6");
     // No security group at all: with filtering, inbound would be denied; bypass skips
     // firewall and antispoof.
-    let a = lab.vm(0, 42, "fd00:42::1", &["--bypass-filtering"]);
-    let b = lab.vm(1, 42, "fd00:42::2", &["--bypass-filtering"]);
+    let a = vm(&mut lab, 0, 42, "fd00:42::1", &["--bypass-filtering"]);
+    let b = vm(&mut lab, 1, 42, "fd00:42::2", &["--bypass-filtering"]);
     for i in [a, b] {
         let vm = &lab.vms[i];
         // The VM namespaces start with IPv6 off; this test wants it (without DAD delay).
@@ -653,11 +370,11 @@ fn ipv6_guests_across_hosts_with_bypass_filtering() {
 
 #[test]
 fn ipv6_underlay_carries_ipv4_guests() {
-    let mut lab = Lab::with_underlay("u", ["fd99::1", "fd99::2"]);
-    lab.web_sg();
+    let mut lab = lab_on("u", ["fd99::1", "fd99::2"]);
+    web_sg(&lab);
     let sg = ["--sg", "web", "--enable-antispoof"];
-    let a = lab.vm(0, 42, "10.0.42.1", &sg);
-    let b = lab.vm(1, 42, "10.0.42.2", &sg);
+    let a = vm(&mut lab, 0, 42, "10.0.42.1", &sg);
+    let b = vm(&mut lab, 1, 42, "10.0.42.2", &sg);
     assert!(
         lab.vms[a].reach("10.0.42.2"),
         "a → b over the IPv6 underlay (flood group ff0e::2a)\nhost1:\n{}\nhost2:\n{}",
@@ -672,13 +389,13 @@ fn ipv6_underlay_carries_ipv4_guests() {
 
 #[test]
 fn static_flood_lists_replace_the_multicast_group() {
-    let mut lab = Lab::new("f");
-    lab.web_sg();
+    let mut lab = lab("f");
+    web_sg(&lab);
     lab.hosts[0].cli(&["flood", "add", "42", "10.99.0.2"]);
     lab.hosts[1].cli(&["flood", "add", "42", "10.99.0.1"]);
     let sg = ["--sg", "web", "--enable-antispoof"];
-    let a = lab.vm(0, 42, "10.0.42.1", &sg);
-    let b = lab.vm(1, 42, "10.0.42.2", &sg);
+    let a = vm(&mut lab, 0, 42, "10.0.42.1", &sg);
+    let b = vm(&mut lab, 1, 42, "10.0.42.2", &sg);
     assert!(
         lab.vms[a].reach("10.0.42.2"),
         "a → b with static flood lists\nhost1:\n{}",
@@ -687,5 +404,114 @@ fn static_flood_lists_replace_the_multicast_group() {
     assert!(
         lab.vms[b].ping("10.0.42.1", 3),
         "b → a with static flood lists"
+    );
+}
+
+/// The MTU of interface `dev` in `ns` (`ip -o link show`).
+fn link_mtu(ns: &butterfly_tests::Netns, dev: &str) -> u32 {
+    let out = ns.run_ok(&["ip", "-o", "link", "show", dev]);
+    let at = out.find(" mtu ").expect("mtu in ip link output") + 5;
+    out[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("bad mtu in {out}"))
+}
+
+/// The VTEP's `drop_too_big` counter in `butterfly status`.
+fn vtep_too_big(h: &butterfly_tests::daemon::Host) -> u64 {
+    let dot = h.cli(&["status"]);
+    let line = dot
+        .lines()
+        .find(|l| l.contains("\"vtep\" [xlabel="))
+        .unwrap_or_else(|| panic!("no vtep counters in {dot}"));
+    butterfly_tests::daemon::json_counter(
+        &line.replace("drop_too_big ", "\"drop_too_big\":"),
+        "drop_too_big",
+    )
+    .unwrap()
+}
+
+#[test]
+fn mtu_vms_get_underlay_minus_50_df_pings_fit_and_the_vtep_drops_bigger() {
+    prerequisites();
+    // Host 1 takes its underlay's MTU (1500), host 2 is told --mtu 1400.
+    let mut lab = Lab::new("bdm", ["10.99.0.1", "10.99.0.2"]);
+    lab.hosts[1].extra_args = vec!["--mtu".into(), "1400".into()];
+    for h in &mut lab.hosts {
+        h.tap_vm_mtu = None;
+    }
+    lab.start();
+    assert!(
+        lab.hosts[0]
+            .cli(&["status"])
+            .contains("underlay MTU 1500, VM MTU 1450"),
+        "host 1 MTUs"
+    );
+    assert!(
+        lab.hosts[1]
+            .cli(&["status"])
+            .contains("underlay MTU 1400, VM MTU 1350"),
+        "host 2 MTUs"
+    );
+    let a = vm(&mut lab, 0, 42, "10.0.42.1", &["--bypass-filtering"]);
+    let b = vm(&mut lab, 1, 42, "10.0.42.2", &["--bypass-filtering"]);
+    let (va, vb) = (&lab.vms[a], &lab.vms[b]);
+    assert_eq!(link_mtu(&va.ns, &va.id), 1450, "a's tap: 1500 − 50");
+    assert_eq!(link_mtu(&vb.ns, &vb.id), 1350, "b's tap: 1400 − 50");
+    assert!(va.reach("10.0.42.2"), "a → b\n{}", lab.logs());
+
+    // DF pings of exactly b's MTU (1350-byte IP packets: 1322 bytes of ICMP data) pass
+    // both ways; one byte more cannot leave b (its MTU).
+    let df = |vm: &butterfly_tests::daemon::TapVm, size: u32, dst: &str| {
+        vm.ns
+            .run(&[
+                "ping",
+                "-M",
+                "do",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "-s",
+                &size.to_string(),
+                dst,
+            ])
+            .status
+            .success()
+    };
+    assert!(df(va, 1322, "10.0.42.2"), "DF ping at the MTU a → b");
+    assert!(df(vb, 1322, "10.0.42.1"), "DF ping at the MTU b → a");
+    assert!(!df(vb, 1323, "10.0.42.1"), "DF ping above b's MTU left b");
+
+    // A guest that ignores its MTU: b's interface raised to 1450, 1428-byte packets
+    // would make 1478-byte outer packets on host 2's 1400-byte underlay: its VTEP drops
+    // and counts them instead of sending them.
+    vb.ns.run_ok(&["ip", "link", "set", &vb.id, "mtu", "1450"]);
+    let before = vtep_too_big(&lab.hosts[1]);
+    assert!(!df(vb, 1400, "10.0.42.1"), "oversized frames crossed");
+    let after = vtep_too_big(&lab.hosts[1]);
+    assert!(
+        after >= before + 2,
+        "host 2's VTEP dropped {} of 2 oversized frames",
+        after - before
+    );
+    assert!(
+        df(vb, 1322, "10.0.42.1"),
+        "frames within the MTU still pass"
+    );
+
+    // --mtu above the interface's: butterflyd refuses to start and says why.
+    let st = lab.hosts[1].terminate();
+    assert!(st.success(), "SIGTERM: {st}");
+    lab.hosts[1].extra_args = vec!["--mtu".into(), "1600".into()];
+    let e = lab.hosts[1]
+        .try_start()
+        .expect_err("butterflyd started with --mtu above the interface's");
+    assert!(
+        e.contains("--mtu 1600: the underlay interface") && e.contains("has MTU 1500"),
+        "unclear MTU error: {e}"
     );
 }

@@ -14,7 +14,7 @@ use butterfly::dataplane::graph::{GraphDataplane, GraphSettings};
 use butterfly::dataplane::{Dataplane, Detached};
 use butterfly::persist::StateFile;
 use butterfly::server;
-use butterfly::settings::{Options, Settings};
+use butterfly::settings::{NicBackend, Options, Settings};
 use butterfly::systemd;
 
 const AFTER_HELP: &str = "\
@@ -101,7 +101,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         version = env!("CARGO_PKG_VERSION"),
         nic = %settings.nic,
         vtep = %settings.ip,
-        mtu = settings.mtu,
+        mtu = ?settings.mtu,
         xdp_mode = ?settings.xdp_mode,
         nic_backend = ?settings.nic_backend,
         worker_cpu = ?settings.worker_cpu,
@@ -119,17 +119,22 @@ async fn run(settings: Settings) -> Result<(), String> {
         tracing::warn!("API-only mode (--no-dataplane): nothing will be forwarded");
         Arc::new(Detached)
     } else {
-        if settings.nic_backend != butterfly::settings::NicBackend::Afxdp {
-            return Err(format!(
-                "the {:?} NIC backend is not built into this version of butterflyd; \
-                 use --nic-backend afxdp (or --no-dataplane for API-only mode)",
-                settings.nic_backend
-            ));
+        if settings.nic_backend == NicBackend::Dpdk {
+            tracing::info!(
+                eal = %settings.dpdk_args.join(" "),
+                port = settings.dpdk_port,
+                "DPDK backend: no XDP program is attached to {}",
+                settings.nic
+            );
         }
         let dp = GraphDataplane::start(GraphSettings {
             nic: settings.nic.clone(),
             vtep_ip: settings.ip,
             xdp_mode: settings.xdp_mode,
+            nic_backend: settings.nic_backend,
+            dpdk_args: settings.dpdk_args.clone(),
+            dpdk_port: settings.dpdk_port,
+            mtu: settings.mtu,
             worker_cpu: settings.worker_cpu,
             frames: 8192,
         })

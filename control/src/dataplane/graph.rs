@@ -6,12 +6,18 @@
 //!                                                    └─ switch-VNI ─┘
 //! ```
 //!
-//! - `underlay`: a [`Nic`] brick on an AF_XDP socket bound to queue 0 of `--nic`, whose
-//!   UMEM is the graph's frame pool; the XDP steering program (crate `butterfly-ebpf`)
-//!   sends only VXLAN to our VTEP IP (or to a joined flood group) on the VXLAN port to the
-//!   socket, everything else to the kernel.
-//! - `vtep`: our `--ip`, the underlay interface's MAC; each VNI floods to its static list
-//!   or to its multicast group (joined in the XDP program too).
+//! - `underlay`: a [`Nic`] brick, with one of two backends (`--nic-backend`):
+//!   - `afxdp` (default): an AF_XDP socket bound to queue 0 of `--nic`, whose UMEM is the
+//!     graph's frame pool; the XDP steering program (crate `butterfly-ebpf`) sends only
+//!     VXLAN to our VTEP IP (or to a joined flood group) on the VXLAN port to the socket,
+//!     everything else to the kernel.
+//!   - `dpdk` (cargo feature `dpdk`): queue 0 of DPDK port `--dpdk-port` after the EAL
+//!     is initialised with `--dpdk-args`. No XDP program: the port delivers every frame
+//!     to the VTEP, which answers ARP/NDP for the VTEP IP itself (the kernel does not own
+//!     the address); frames it does not take are dropped and counted there.
+//! - `vtep`: our `--ip`, the underlay's MAC (the interface's, or the DPDK port's); each
+//!   VNI floods to its static list or to its multicast group (joined in the XDP program
+//!   too, with AF_XDP).
 //! - per NIC the chain of [`super::topology`], the settings of [`super::translate`].
 //!
 //! Every change is computed on the API thread (new bricks are created there, so a bad
@@ -28,13 +34,14 @@ use butterfly_ebpf::{AttachMode, AttachedMode, Steering, Variant};
 use butterfly_vhost::{Endpoint, Vhost};
 use packetgraph::bricks::firewall::{FirewallConfig, FirewallCounters};
 use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig, ZeroCopy};
+use packetgraph::bricks::vtep::EncapDrop;
 use packetgraph::bricks::{Antispoof, Firewall, Flood, Nic, Print, Switch, Tap, Vtep, VtepConfig};
 use packetgraph::{Brick, Clock, Graph, Pool, PoolConfig, Side, Worker, WorkerConfig};
 
 use super::topology::{Part, Step, Topology, UNDERLAY, VTEP};
 use super::{Dataplane, DataplaneError, NicCounters, translate};
 use crate::model::{Config, DesiredChange, NicType};
-use crate::settings::XdpMode;
+use crate::settings::{NicBackend, XdpMode};
 
 /// How to start a [`GraphDataplane`].
 #[derive(Debug, Clone)]
@@ -43,8 +50,16 @@ pub struct GraphSettings {
     pub nic: String,
     /// Our VTEP address.
     pub vtep_ip: IpAddr,
-    /// XDP attach mode.
+    /// XDP attach mode (AF_XDP backend).
     pub xdp_mode: XdpMode,
+    /// What drives the underlay.
+    pub nic_backend: NicBackend,
+    /// EAL arguments (DPDK backend), without the program name.
+    pub dpdk_args: Vec<String>,
+    /// DPDK port id of the underlay (DPDK backend).
+    pub dpdk_port: u16,
+    /// Underlay MTU asked for (`--mtu`), bytes; `None`: the underlay's own.
+    pub mtu: Option<u32>,
     /// CPU the worker is pinned to.
     pub worker_cpu: Option<usize>,
     /// Frames in the pool shared by the AF_XDP UMEM, the VTEP, the taps and vhost.
@@ -66,8 +81,10 @@ pub struct GraphDataplane {
     worker: Mutex<Option<Worker>>,
     steering: Mutex<Option<Arc<Mutex<Steering>>>>,
     state: Mutex<State>,
-    attached: AttachedMode,
-    zerocopy: bool,
+    /// What drives the underlay, for `status` (`"AF_XDP on eth0 (native, copy mode)"`).
+    underlay: String,
+    /// The MTUs in force, see [`Mtu`].
+    mtu: Mtu,
     /// Take static flood remotes' MACs from the kernel (off in unit tests, which must
     /// not send anything).
     kernel_neighbours: bool,
@@ -136,20 +153,228 @@ fn kernel_neighbour(ip: IpAddr) -> Option<[u8; 6]> {
     None
 }
 
-impl GraphDataplane {
-    /// Attaches the steering program to `settings.nic`, opens the AF_XDP socket, builds
-    /// the `underlay` and `vtep` bricks and starts the worker.
+/// The MTUs butterflyd works with, in bytes.
+///
+/// `underlay` is `--mtu` when given (it must not exceed the interface's or DPDK port's
+/// MTU: a larger one would make the NIC drop what the VTEP sends), else the underlay's
+/// own MTU; it is capped by what one frame of the pool holds (frame size − headroom −
+/// Ethernet header). The VTEP drops and counts (`drop_too_big`) encapsulated frames whose
+/// outer IP packet exceeds it. VMs get `underlay − 50` on an IPv4 underlay (outer IPv4
+/// 20 + UDP 8 + VXLAN 8 + inner Ethernet 14, RFC 7348 §5) or `− 70` on IPv6 (IPv6
+/// header 40): tap NICs are created with that MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mtu {
+    /// Largest outer IP packet sent on the underlay.
+    pub underlay: u32,
+    /// The VMs' (inner IP) MTU.
+    pub vm: u32,
+}
+
+impl Mtu {
+    /// The MTUs for `asked` (`--mtu`) on an underlay whose own MTU is `link` (named
+    /// `what` in errors), for VTEP address `vtep_ip`, with frames of `pool`.
     ///
     /// # Errors
-    /// [`DataplaneError::Failed`] naming the step (no such interface, XDP refused, no
-    /// CAP_NET_ADMIN/CAP_BPF, worker thread).
+    /// [`DataplaneError::Failed`] when `asked` exceeds `link`, or when the result leaves
+    /// VMs less than the IPv6 minimum of 1280 bytes (RFC 8200 §5).
+    pub fn resolve(
+        asked: Option<u32>,
+        link: u32,
+        what: &str,
+        vtep_ip: IpAddr,
+        pool: &Pool,
+    ) -> Result<Mtu, DataplaneError> {
+        use crate::settings::{MAX_MTU, MIN_MTU};
+        let underlay = match asked {
+            Some(m) if m > link => {
+                return Err(DataplaneError::Failed(format!(
+                    "--mtu {m}: the underlay {what} has MTU {link}; raise it (ip link set \
+                     dev IFACE mtu {m}) or give --mtu {link} or less"
+                )));
+            }
+            Some(m) => m,
+            None => link.min(MAX_MTU),
+        };
+        let frame_ip = (pool.frame_size() - pool.headroom()) as u32 - 14;
+        if underlay > frame_ip {
+            tracing::warn!(
+                mtu = underlay,
+                limit = frame_ip,
+                "frames of the pool hold IP packets of at most {frame_ip} bytes: the \
+                 underlay MTU is limited to that"
+            );
+        }
+        let underlay = underlay.min(frame_ip);
+        let overhead = if vtep_ip.is_ipv6() { 70 } else { 50 };
+        let vm = underlay.saturating_sub(overhead);
+        if underlay < MIN_MTU {
+            return Err(DataplaneError::Failed(format!(
+                "the underlay {what} has MTU {underlay}, below the {MIN_MTU} bytes VXLAN \
+                 needs (VMs would get {vm}): raise it"
+            )));
+        }
+        Ok(Mtu { underlay, vm })
+    }
+}
+
+/// The MTU of kernel interface `ifname` (`/sys/class/net/IF/mtu`), bytes.
+fn interface_mtu(ifname: &str) -> Result<u32, DataplaneError> {
+    let path = format!("/sys/class/net/{ifname}/mtu");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| failed(&format!("--nic {ifname}: reading {path}"), e))?;
+    text.trim().parse().map_err(|e| failed(&path, e))
+}
+
+/// Sets the MTU of kernel interface `ifname` (SIOCSIFMTU), bytes.
+fn set_interface_mtu(ifname: &str, mtu: u32) -> std::io::Result<()> {
+    let name = ifname.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: plain socket call; the descriptor is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    // SAFETY: fd is an open socket; req is a valid ifreq with a NUL-terminated name
+    // (zeroed beyond it) and the MTU set, as SIOCSIFMTU expects.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCSIFMTU as _, &req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd) };
+    if r < 0 { Err(err) } else { Ok(()) }
+}
+
+/// The VTEP's configuration: address, underlay MAC, MTU limit.
+fn vtep_config(ip: IpAddr, mac: [u8; 6], mtu: Mtu) -> VtepConfig {
+    let mut c = VtepConfig::new(ip, mac);
+    c.underlay_mtu = Some(u16::try_from(mtu.underlay).unwrap_or(u16::MAX));
+    c
+}
+
+/// How `status` names an AF_XDP underlay.
+fn afxdp_description(nic: &str, attached: AttachedMode, zerocopy: bool) -> String {
+    format!(
+        "AF_XDP on {nic} ({}, {} mode)",
+        attached.as_str(),
+        if zerocopy { "zero-copy" } else { "copy" }
+    )
+}
+
+/// The message of a DPDK request to a butterflyd built without the `dpdk` feature.
+pub const NO_DPDK: &str = "--nic-backend dpdk: this butterflyd was built without DPDK support: \
+                           rebuild with --features dpdk";
+
+impl GraphDataplane {
+    /// Starts the dataplane on the backend of `settings.nic_backend`: see
+    /// [`GraphDataplane::start_afxdp`] and `GraphDataplane::start_dpdk` (feature `dpdk`).
+    ///
+    /// # Errors
+    /// [`DataplaneError::Failed`] naming the step; for DPDK without the `dpdk` feature,
+    /// [`NO_DPDK`].
     pub fn start(settings: GraphSettings) -> Result<GraphDataplane, DataplaneError> {
         let pool = Pool::new(PoolConfig {
             frame_count: settings.frames,
             ..PoolConfig::default()
         })
         .map_err(|e| failed("frame pool", e))?;
+        match settings.nic_backend {
+            NicBackend::Afxdp => GraphDataplane::start_afxdp(settings, pool),
+            #[cfg(feature = "dpdk")]
+            NicBackend::Dpdk => GraphDataplane::start_dpdk(settings, pool),
+            #[cfg(not(feature = "dpdk"))]
+            NicBackend::Dpdk => Err(DataplaneError::Failed(NO_DPDK.to_string())),
+        }
+    }
+
+    /// Initialises the EAL with `settings.dpdk_args` (in the calling thread's network
+    /// namespace: `--vdev` devices such as `net_af_packet0,iface=IF` bind there), opens
+    /// queue 0 of port `settings.dpdk_port` (promiscuous, RX and TX copied between mbufs
+    /// and the graph's frames), builds the `underlay` and `vtep` bricks (the VTEP MAC is
+    /// the port's) and starts the worker. No XDP program is attached.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Failed`] with the EAL's or the port's error and its usual fix
+    /// (hugepages, permissions, unknown devargs, no such port).
+    #[cfg(feature = "dpdk")]
+    pub fn start_dpdk(
+        settings: GraphSettings,
+        pool: Pool,
+    ) -> Result<GraphDataplane, DataplaneError> {
+        use packetgraph::bricks::nic::dpdk::{Dpdk, DpdkConfig, PortId, eal_init, port_names};
+        eal_init(&settings.dpdk_args).map_err(|e| failed("--dpdk-args: DPDK EAL", e))?;
+        let port = Dpdk::open(&DpdkConfig::new(PortId::Id(settings.dpdk_port)), &pool)
+            .map_err(|e| failed(&format!("--dpdk-port {}", settings.dpdk_port), e))?;
+        let mac = port
+            .mac()
+            .map_err(|e| failed(&format!("--dpdk-port {}", settings.dpdk_port), e))?;
+        let link = port.link().map(|l| l.up).unwrap_or(false);
+        let name = port.name().to_string();
+        let port_mtu = port.mtu().map(u32::from).unwrap_or_else(|e| {
+            let d = crate::settings::DEFAULT_MTU;
+            tracing::warn!(error = %e, "DPDK port MTU unknown: assuming {d}");
+            d
+        });
+        let mtu = Mtu::resolve(
+            settings.mtu,
+            port_mtu,
+            &format!("DPDK port {} ({name})", settings.dpdk_port),
+            settings.vtep_ip,
+            &pool,
+        )?;
+        let vtep = Vtep::new(pool.clone(), vtep_config(settings.vtep_ip, mac, mtu))
+            .map_err(|e| failed("VTEP", e))?;
+        let description = format!(
+            "DPDK port {} ({name}, link {}), EAL '{}', no XDP program",
+            settings.dpdk_port,
+            if link { "up" } else { "down" },
+            settings.dpdk_args.join(" ")
+        );
+        let dp = GraphDataplane::assemble(
+            settings,
+            pool,
+            Box::new(Nic::new(port)),
+            vtep,
+            None,
+            description,
+            mtu,
+        )?;
+        tracing::info!(
+            port = dp.settings.dpdk_port,
+            name,
+            mac = %mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            link_up = link,
+            ports = ?port_names(),
+            "DPDK dataplane started: no XDP program attached, the DPDK port receives every \
+             frame and the VTEP answers ARP/NDP for the VTEP IP"
+        );
+        Ok(dp)
+    }
+
+    /// Attaches the steering program to `settings.nic`, opens the AF_XDP socket, builds
+    /// the `underlay` and `vtep` bricks and starts the worker.
+    ///
+    /// # Errors
+    /// [`DataplaneError::Failed`] naming the step (no such interface, XDP refused, no
+    /// CAP_NET_ADMIN/CAP_BPF, worker thread).
+    pub fn start_afxdp(
+        settings: GraphSettings,
+        pool: Pool,
+    ) -> Result<GraphDataplane, DataplaneError> {
         let mac = interface_mac(&settings.nic)?;
+        let mtu = Mtu::resolve(
+            settings.mtu,
+            interface_mtu(&settings.nic)?,
+            &format!("interface {}", settings.nic),
+            settings.vtep_ip,
+            &pool,
+        )?;
         let mut steering =
             Steering::load(Variant::Linear).map_err(|e| failed("loading the XDP program", e))?;
         steering
@@ -174,16 +399,17 @@ impl GraphDataplane {
         xsk.register(&steering)
             .map_err(|e| failed("registering the AF_XDP socket", e))?;
         let zerocopy = xsk.is_zerocopy();
-        let vtep = Vtep::new(pool.clone(), VtepConfig::new(settings.vtep_ip, mac))
+        let vtep = Vtep::new(pool.clone(), vtep_config(settings.vtep_ip, mac, mtu))
             .map_err(|e| failed("VTEP", e))?;
+        let description = afxdp_description(&settings.nic, attached, zerocopy);
         let dp = GraphDataplane::assemble(
             settings,
             pool,
             Box::new(Nic::new(xsk)),
             vtep,
             Some(steering),
-            attached,
-            zerocopy,
+            description,
+            mtu,
         )?;
         tracing::info!(
             nic = %dp.settings.nic,
@@ -201,9 +427,14 @@ impl GraphDataplane {
         underlay: Box<dyn Brick>,
         vtep: Vtep,
         steering: Option<Arc<Mutex<Steering>>>,
-        attached: AttachedMode,
-        zerocopy: bool,
+        description: String,
+        mtu: Mtu,
     ) -> Result<GraphDataplane, DataplaneError> {
+        tracing::info!(
+            underlay_mtu = mtu.underlay,
+            vm_mtu = mtu.vm,
+            "MTU: encapsulated frames above the underlay MTU are dropped (drop_too_big)"
+        );
         let steering_present = steering.is_some();
         let mut g = Graph::new("butterfly");
         let setup = (|| {
@@ -235,8 +466,8 @@ impl GraphDataplane {
                 flood: BTreeMap::new(),
                 groups: BTreeSet::new(),
             }),
-            attached,
-            zerocopy,
+            underlay: description,
+            mtu,
             kernel_neighbours: steering_present,
         })
     }
@@ -272,12 +503,17 @@ impl GraphDataplane {
                 nic_type,
                 socket_path,
             } => match nic_type {
-                NicType::Tap => Box::new(Tap::new(nic, self.pool.clone()).map_err(|e| {
-                    DataplaneError::Refused {
-                        field: "id".into(),
-                        reason: format!("cannot create tap interface '{nic}': {e}"),
+                NicType::Tap => {
+                    let tap =
+                        Tap::new(nic, self.pool.clone()).map_err(|e| DataplaneError::Refused {
+                            field: "id".into(),
+                            reason: format!("cannot create tap interface '{nic}': {e}"),
+                        })?;
+                    if let Err(e) = set_interface_mtu(tap.name(), self.mtu.vm) {
+                        tracing::warn!(tap = tap.name(), mtu = self.mtu.vm, error = %e, "tap MTU");
                     }
-                })?),
+                    Box::new(tap)
+                }
                 NicType::VhostUserServer | NicType::VhostUserClient => {
                     let path = socket_path.clone().ok_or_else(|| DataplaneError::Refused {
                         field: "socket_path".into(),
@@ -515,10 +751,10 @@ impl GraphDataplane {
 impl Dataplane for GraphDataplane {
     fn describe(&self) -> String {
         format!(
-            "AF_XDP on {} ({}, {} mode), 1 worker{}",
-            self.settings.nic,
-            self.attached.as_str(),
-            if self.zerocopy { "zero-copy" } else { "copy" },
+            "{}, underlay MTU {}, VM MTU {}, 1 worker{}",
+            self.underlay,
+            self.mtu.underlay,
+            self.mtu.vm,
             self.settings
                 .worker_cpu
                 .map(|c| format!(" pinned to CPU {c}"))
@@ -564,8 +800,16 @@ impl Dataplane for GraphDataplane {
             names.sort();
             for n in names {
                 if let Ok(st) = g.stats(&n) {
+                    // The VTEP's MTU drops too (frames too big for the underlay).
+                    let extra = match g.get::<Vtep>(&n) {
+                        Ok(v) => format!(
+                            " / drop_too_big {}",
+                            v.stats().encap_drop(EncapDrop::TooBig)
+                        ),
+                        Err(_) => String::new(),
+                    };
                     out.push_str(&format!(
-                        "  \"{n}\" [xlabel=\"W rx {} tx {} / E rx {} tx {}\"];\n",
+                        "  \"{n}\" [xlabel=\"W rx {} tx {} / E rx {} tx {}{extra}\"];\n",
                         st.west.rx_packets,
                         st.west.tx_packets,
                         st.east.rx_packets,
@@ -587,11 +831,18 @@ impl Dataplane for GraphDataplane {
             }
         }
         // Dropping the steering program detaches it from the interface.
-        self.steering
+        let xdp = self
+            .steering
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
-        tracing::info!("dataplane stopped: XDP detached, sockets closed");
+            .take()
+            .is_some();
+        if xdp {
+            tracing::info!("dataplane stopped: XDP detached, sockets closed");
+        } else {
+            // The worker's graph is gone: a DPDK port was stopped and closed with it.
+            tracing::info!("dataplane stopped: underlay port closed, sockets closed");
+        }
     }
 }
 
@@ -616,6 +867,10 @@ mod tests {
                 nic: "test0".into(),
                 vtep_ip: ip,
                 xdp_mode: XdpMode::Auto,
+                nic_backend: NicBackend::Afxdp,
+                dpdk_args: Vec::new(),
+                dpdk_port: 0,
+                mtu: None,
                 worker_cpu: None,
                 frames: 1024,
             },
@@ -623,8 +878,11 @@ mod tests {
             Box::new(Collect::new()),
             vtep,
             None,
-            AttachedMode::Generic,
-            false,
+            afxdp_description("test0", AttachedMode::Generic, false),
+            Mtu {
+                underlay: 1500,
+                vm: 1450,
+            },
         )
         .unwrap()
     }
@@ -816,11 +1074,40 @@ mod tests {
     }
 
     #[test]
+    fn mtu_is_asked_or_the_links_never_above_it_and_vms_get_50_or_70_less() {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 16,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let r = |asked, link, ip| Mtu::resolve(asked, link, "interface eth0", ip, &pool);
+        assert_eq!(
+            r(None, 1500, v4).unwrap(),
+            Mtu {
+                underlay: 1500,
+                vm: 1450
+            }
+        );
+        assert_eq!(r(None, 1500, v6).unwrap().vm, 1430);
+        assert_eq!(r(Some(1400,), 1500, v4).unwrap().vm, 1350);
+        let e = r(Some(1600), 1500, v4).unwrap_err().to_string();
+        assert!(
+            e.contains("--mtu 1600: the underlay interface eth0 has MTU 1500"),
+            "{e}"
+        );
+        assert!(r(None, 1000, v4).is_err(), "below 1280");
+        // Jumbo links: capped by what a frame of the pool holds (2048 − 256 − 14).
+        assert_eq!(r(None, 9000, v4).unwrap().underlay, 1778);
+    }
+
+    #[test]
     fn describe_names_the_interface_and_mode() {
         let dp = dataplane();
         assert_eq!(
             dp.describe(),
-            "AF_XDP on test0 (generic, copy mode), 1 worker"
+            "AF_XDP on test0 (generic, copy mode), underlay MTU 1500, VM MTU 1450, 1 worker"
         );
         dp.shutdown();
         assert!(matches!(

@@ -190,6 +190,11 @@ pub struct VtepConfig {
     pub fdb_aging: Duration,
     /// Answer ARP requests / neighbour solicitations for our VTEP IP (default true).
     pub answer_neighbour_discovery: bool,
+    /// Underlay MTU in bytes: an encapsulated frame whose outer IP packet (outer IP
+    /// header + UDP + VXLAN + inner frame) would be longer is dropped and counted as
+    /// [`EncapDrop::TooBig`] instead of sent (RFC 7348 §4.3: VTEPs do not fragment).
+    /// Default `None`: only the IP length limit (65535) applies.
+    pub underlay_mtu: Option<u16>,
 }
 
 impl VtepConfig {
@@ -207,6 +212,7 @@ impl VtepConfig {
             fdb_max: DEFAULT_FDB_MAX,
             fdb_aging: DEFAULT_FDB_AGING,
             answer_neighbour_discovery: true,
+            underlay_mtu: None,
         }
     }
 }
@@ -301,8 +307,8 @@ pub enum EncapDrop {
     NoFlood,
     /// No free frame for a flood copy.
     PoolEmpty,
-    /// Encapsulated frame longer than 65535 bytes of IP payload (cannot happen with
-    /// 2048..32768-byte frames; kept for safety).
+    /// Encapsulated frame whose outer IP packet would exceed
+    /// [`VtepConfig::underlay_mtu`] (or 65535 bytes without one).
     TooBig,
 }
 
@@ -1083,7 +1089,8 @@ impl Vtep {
     ) -> Result<(), EncapDrop> {
         let inner = p.len();
         let oh = self.overhead;
-        if inner + oh - ETHERNET_HEADER_LEN > u16::MAX as usize {
+        let max_ip = self.cfg.underlay_mtu.map_or(u16::MAX as usize, usize::from);
+        if inner + oh - ETHERNET_HEADER_LEN > max_ip {
             return Err(EncapDrop::TooBig);
         }
         let zero6 = self.cfg.udp6_zero_checksum_tx;
@@ -2052,6 +2059,47 @@ mod tests {
         assert_eq!(inn, f);
         assert_eq!(v.stats().encapsulated, 1);
         assert_eq!(p.available(), 64);
+    }
+
+    #[test]
+    fn frames_over_the_underlay_mtu_are_dropped_and_counted() {
+        let p = pool(64);
+        let mut cfg = VtepConfig::new(ip("10.0.0.1"), OUR_MAC);
+        cfg.next_hop_mac = Some(PEER_MAC);
+        cfg.underlay_mtu = Some(1500);
+        let mut v = Vtep::new(p.clone(), cfg).unwrap();
+        v.add_vni(0, 42, Flood::None).unwrap();
+        v.add_vni(1, 43, Flood::Multicast(ip("230.0.0.43")))
+            .unwrap();
+        v.add_static(42, VM2, ip("10.0.0.2")).unwrap();
+        // Inner frame of `len` bytes: outer IP = len + 50 - 14.
+        let sized = |len: usize| {
+            let mut f = inner(VM2, VM1, 1000);
+            f.resize(len, 0);
+            f
+        };
+        let fits = sized(1500 + 14 - 50);
+        let over = sized(1500 + 14 - 50 + 1);
+        let out = run(&mut v, &p, Side::West, 0, &[fits.clone(), over.clone()]);
+        // (The IGMP report joining VNI 43's group leaves with them.)
+        let big: Vec<&Vec<u8>> = out
+            .iter()
+            .flat_map(|(_, fs)| fs)
+            .filter(|f| f.len() > 1000)
+            .collect();
+        assert_eq!(big.len(), 1, "only the frame at the MTU is sent");
+        assert_eq!(big[0].len() - 14, 1500, "outer IP packet of 1500 bytes");
+        assert_eq!(v.stats().encap_drop(EncapDrop::TooBig), 1);
+        // Flooded copies obey the same limit.
+        let mut bcast = over.clone();
+        bcast[..6].copy_from_slice(&[0xff; 6]);
+        let out = run(&mut v, &p, Side::West, 1, &[bcast]);
+        assert!(
+            out.iter().flat_map(|(_, fs)| fs).all(|f| f.len() < 1000),
+            "oversized flood sent"
+        );
+        assert_eq!(v.stats().encap_drop(EncapDrop::TooBig), 2);
+        assert_eq!(p.available(), 64, "dropped frames returned to the pool");
     }
 
     #[test]

@@ -18,11 +18,14 @@
 //!   at once (one copy, all segments); transmitted packets are copied into mbufs of the
 //!   port's pool (one copy). Zero-copy (external mbuf buffers over the engine's frames)
 //!   is not done. Measured by the `dpdk` bench on a `net_null` port (64-byte frames, per
-//!   CPU-second of the forwarding thread, shared 2-core machine): raw RX→TX bursts 37
-//!   Mpps (27 ns/frame), through this backend 11 Mpps (89 ns/frame); of the 62 ns extra,
-//!   the two memcpys are a few ns (perf: ~6% of samples), most goes to taking and
-//!   returning engine frames (`Pool` alloc/release, ~15%) and mbuf alloc/free. On a
-//!   veth `net_af_xdp` port the kernel dominates and the copies do not show.
+//!   CPU-second of the forwarding thread, shared 2-core machine under load, three runs):
+//!   raw RX→TX bursts 34–41 Mpps, through this backend 11.2–13.3 Mpps (53–60 ns per
+//!   frame more than raw). Transmitted frames go back to the engine's pool in one lock
+//!   per burst (they were released one by one: 8.8–9.1 Mpps, ~76 ns more than raw, with
+//!   `PoolInner::release` the top symbol at 14% in perf), and fresh mbufs are not reset a
+//!   second time before the copy. What is left is DPDK's own mbuf alloc/free and the
+//!   driver; the two memcpys are ~5% of samples. On a veth `net_af_xdp` port the kernel
+//!   dominates and the copies do not show.
 //! - **Checksums**: with [`DpdkConfig::tx_checksum`], the IPv4 header checksum and the
 //!   UDP/TCP checksums (over IPv4 and IPv6, RFC 768/793 with the pseudo-headers of RFC
 //!   768 and RFC 8200 §8.1) of transmitted frames are filled: by the port when it offers
@@ -1032,7 +1035,7 @@ impl NicBackend for Dpdk {
         Ok(got)
     }
 
-    fn tx_burst(&mut self, mut pkts: Burst) -> Result<usize, BrickError> {
+    fn tx_burst(&mut self, pkts: Burst) -> Result<usize, BrickError> {
         register_thread();
         let n = pkts.len();
         if n == 0 {
@@ -1046,7 +1049,9 @@ impl NicBackend for Dpdk {
         }
         let mut filled = 0usize;
         let mut lens = [0u16; BURST_SIZE];
-        for p in pkts.drain() {
+        // Copied by reference: the frames all go back to the pool at once (one lock) when
+        // the burst is dropped below, not one by one.
+        for p in pkts.iter() {
             let len = p.len();
             if len == 0 || len > self.max_tx_len {
                 self.c.tx_too_big += u64::from(len > 0);
