@@ -27,6 +27,8 @@ pub mod burst;
 pub mod clock;
 pub mod error;
 pub mod flowtable;
+#[doc(hidden)]
+pub mod fuzz_corpus;
 pub mod graph;
 pub mod packet;
 pub mod prefetch;

@@ -1104,18 +1104,12 @@ pub(crate) mod tests {
     /// way the target does, so CI exercises them on stable.
     #[test]
     fn fuzz_seeds_pass_or_drop_and_are_counted() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/antispoof");
-        let mut seeds: Vec<_> = std::fs::read_dir(dir)
-            .expect("fuzz/seeds/antispoof is in git")
-            .map(|e| e.unwrap().path())
-            .collect();
-        seeds.sort();
-        assert!(seeds.len() >= 10, "{seeds:?}");
+        let seeds = crate::fuzz_corpus::seeds(env!("CARGO_MANIFEST_DIR"), "antispoof", 10);
         let p = pool(256);
         let vm = [0x02, 0, 0, 0, 0, 1];
         let mut passed = 0;
-        for path in seeds {
-            let (sel, frames) = decode_fuzz_input(&std::fs::read(&path).unwrap()).unwrap();
+        for input in seeds {
+            let (sel, frames) = decode_fuzz_input(&input).unwrap();
             let mut a = Antispoof::new(vm).with_addresses(
                 &["10.0.0.1".parse().unwrap()],
                 &["fd00::1".parse().unwrap(), "fe80::1".parse().unwrap()],
@@ -1141,8 +1135,8 @@ pub(crate) mod tests {
                 + c.drop_ipv6
                 + c.drop_ndp
                 + c.drop_malformed;
-            assert_eq!(got, c.passed_outside + c.passed_vm, "{path:?}");
-            assert_eq!(got + drops, frames.len() as u64, "{path:?}");
+            assert_eq!(got, c.passed_outside + c.passed_vm, "seed {input:02x?}");
+            assert_eq!(got + drops, frames.len() as u64, "seed {input:02x?}");
             passed += got;
         }
         assert!(passed > 0);

@@ -1350,13 +1350,7 @@ mod tests {
     /// the target does, so CI exercises them on stable.
     #[test]
     fn fuzz_seeds_are_forwarded_or_dropped_and_counted() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/switch");
-        let mut seeds: Vec<_> = std::fs::read_dir(dir)
-            .expect("fuzz/seeds/switch is in git")
-            .map(|e| e.unwrap().path())
-            .collect();
-        seeds.sort();
-        assert!(!seeds.is_empty());
+        let seeds = crate::fuzz_corpus::seeds(env!("CARGO_MANIFEST_DIR"), "switch", 1);
         let p = pool(256);
         let (mut s, clock) = manual(16);
         for side in Side::BOTH {
@@ -1365,10 +1359,8 @@ mod tests {
             }
         }
         let mut fed = 0;
-        for path in seeds {
-            let (sel, frames) =
-                crate::bricks::antispoof::tests::decode_fuzz_input(&std::fs::read(&path).unwrap())
-                    .unwrap();
+        for input in seeds {
+            let (sel, frames) = crate::bricks::antispoof::tests::decode_fuzz_input(&input).unwrap();
             clock.advance(Duration::from_secs(u64::from(sel >> 2) * 10));
             let side = if sel & 2 == 0 { Side::West } else { Side::East };
             let mut out = Emit::new();

@@ -2773,40 +2773,9 @@ mod corpus_tests {
 
     #[test]
     fn fuzz_corpus_and_its_mutations() {
-        let read = |dir: &str| -> Vec<Vec<u8>> {
-            match std::fs::read_dir(dir) {
-                Ok(d) => d
-                    .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-                    .collect(),
-                Err(_) => Vec::new(),
-            }
-        };
-        let seeds = read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fuzz/seeds/vtep_decap"
-        ));
-        assert!(
-            seeds.len() >= 5,
-            "the seeds are in git (fuzz/seeds/vtep_decap)"
-        );
-        let mut inputs = seeds.clone();
-        // Inputs a local `cargo fuzz run` found (not in git).
-        inputs.extend(read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fuzz/corpus/vtep_decap"
-        )));
-        for s in &seeds {
-            for n in 1..s.len() {
-                inputs.push(s[..n].to_vec());
-            }
-            for i in 1..s.len() {
-                for x in [0x00u8, 0xff, 0x80, 0x01] {
-                    let mut m = s.clone();
-                    m[i] ^= x | 1;
-                    inputs.push(m);
-                }
-            }
-        }
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let seeds = crate::fuzz_corpus::seeds(dir, "vtep_decap", 5);
+        let inputs = crate::fuzz_corpus::inputs_with_mutations(dir, "vtep_decap", 5);
         let pool = Pool::new(PoolConfig {
             frame_count: 256,
             ..Default::default()
