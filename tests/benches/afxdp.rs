@@ -15,9 +15,6 @@
 //! rxdrop: frames received and dropped per second. l2fwd: frames received, MACs swapped,
 //! sent back out of `dut` per second.
 
-use std::fs::File;
-use std::os::fd::AsFd;
-use std::process::Command;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -25,12 +22,11 @@ use std::time::{Duration, Instant};
 
 use butterfly_ebpf::{AttachMode, LoadGen, Steering, Variant};
 use butterfly_tests::cpu::pin_current_thread as pin;
+use butterfly_tests::veth_rig::{Reflect, Sink, VethRig};
 use butterfly_tests::xdpgen::{Generator, install_stop_signal};
 use packetgraph::bricks::Nic;
 use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig};
-use packetgraph::{
-    Brick, BrickError, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side, Worker, WorkerConfig,
-};
+use packetgraph::{Brick, Graph, Pool, PoolConfig, Worker, WorkerConfig};
 
 const WARMUP: Duration = Duration::from_millis(300);
 const WINDOW: Duration = Duration::from_secs(2);
@@ -41,45 +37,6 @@ const GEN_CPU: usize = 0;
 const RX_CPU: usize = 1;
 const ROUNDS: usize = 3;
 
-fn sh(args: &[&str]) -> String {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The namespace of the run, deleted on drop.
-struct Ns(String);
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A 64-byte VXLAN frame: outer Ethernet/IPv4/UDP 4789/VXLAN VNI 42 + a 14-byte inner
-/// Ethernet header.
-fn vxlan_frame(dst_mac: [u8; 6]) -> Vec<u8> {
-    let mut inner = vec![0x02, 0, 0, 0, 0x42, 1, 0x02, 0, 0, 0, 0x42, 2, 0x08, 0x06];
-    let mut vx = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
-    vx.append(&mut inner);
-    let mut f = Vec::new();
-    etherparse::PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x99], dst_mac)
-        .ipv4([10, 88, 0, 2], [10, 88, 0, 1], 64)
-        .udp(49152, 4789)
-        .write(&mut f, &vx)
-        .unwrap();
-    assert_eq!(f.len(), 64);
-    f
-}
-
-/// Measures `count()` over the window after the warm-up; returns Mpps.
 /// Time thread `tid` of this process has run on a CPU, in ns (`/proc/.../schedstat`).
 fn thread_cpu_ns(tid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
@@ -500,49 +457,6 @@ fn run_minimal(dut_if: u32, frame: &[u8], l2fwd: bool, steer: &mut Steering) -> 
 // The brick: a worker pinned to CPU 1 polling nic -> sink / nic -> reflect.
 
 /// Drops every burst.
-struct Sink;
-
-impl Brick for Sink {
-    fn kind(&self) -> &'static str {
-        "sink"
-    }
-    fn poles(&self) -> Poles {
-        Poles::Monopole
-    }
-    fn burst(&mut self, _: Side, _: usize, _: Burst, _: &mut Emit) -> Result<(), BrickError> {
-        Ok(())
-    }
-}
-
-/// Swaps source and destination MACs and sends the burst back.
-struct Reflect;
-
-impl Brick for Reflect {
-    fn kind(&self) -> &'static str {
-        "reflect"
-    }
-    fn poles(&self) -> Poles {
-        Poles::Monopole
-    }
-    fn burst(
-        &mut self,
-        _: Side,
-        _: usize,
-        mut pkts: Burst,
-        out: &mut Emit,
-    ) -> Result<(), BrickError> {
-        for p in pkts.iter_mut() {
-            let d = p.data_mut();
-            if d.len() >= 12 {
-                let (a, b) = d.split_at_mut(6);
-                a.swap_with_slice(&mut b[..6]);
-            }
-        }
-        out.send_peer(pkts);
-        Ok(())
-    }
-}
-
 fn run_brick(
     dut: &str,
     frame: &[u8],
@@ -618,29 +532,8 @@ fn main() {
     // Criterion-style arguments (`--bench`, filters) are ignored.
     // SIGUSR1 interrupts the generator's long BPF_PROG_TEST_RUN (EINTR).
     install_stop_signal();
-    let ns = Ns(format!("axbench{}", std::process::id()));
-    sh(&["ip", "netns", "add", &ns.0]);
-    let back = File::open("/proc/thread-self/ns/net").unwrap();
-    let target = File::open(format!("/run/netns/{}", ns.0)).unwrap();
-    nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    sh(&[
-        "ip", "link", "add", "gen", "type", "veth", "peer", "name", "dut",
-    ]);
-    sh(&["ip", "addr", "add", "10.88.0.1/24", "dev", "dut"]);
-    sh(&["ip", "addr", "add", "10.88.0.2/24", "dev", "gen"]);
-    sh(&["ip", "link", "set", "gen", "up"]);
-    sh(&["ip", "link", "set", "dut", "up"]);
-    // sysfs shows the namespace it was mounted in: ask iproute2 for the MAC.
-    let link = sh(&["ip", "-o", "link", "show", "dut"]);
-    let mac: Vec<u8> = link
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("MAC of dut")
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    let frame = vxlan_frame(mac.try_into().unwrap());
+    let rig = VethRig::enter(&format!("axbench{}", std::process::id()), [10, 88, 0]);
+    let frame = rig.vxlan_frame();
     let dut_if = butterfly_ebpf::ifindex("dut").unwrap();
 
     let mut steer = Steering::load(Variant::Linear).unwrap();
@@ -704,5 +597,5 @@ fn main() {
     }
     drop(sink);
     drop(steer);
-    nix::sched::setns(back.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    drop(rig);
 }

@@ -19,20 +19,21 @@
 //! Prints `RESULT dpdk.l2fwd: X Mpps (ratio R vs testpmd)` and
 //! `RESULT afxdp.l2fwd_same_setup: X Mpps (ratio R vs testpmd)`; best of [`ROUNDS`].
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use butterfly_ebpf::{AttachMode, LoadGen, Steering, Variant};
+use butterfly_tests::cpu::pin_current_thread as pin;
+use butterfly_tests::run_ok;
+use butterfly_tests::veth_rig::{Reflect, VethRig};
+use butterfly_tests::xdpgen::{Generator, install_stop_signal};
 use packetgraph::bricks::Nic;
 use packetgraph::bricks::nic::NicBackend;
 use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig};
 use packetgraph::bricks::nic::dpdk::{Dpdk, DpdkConfig, PortId, eal_init};
-use packetgraph::{Brick, BrickError, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side, Worker};
+use packetgraph::{Brick, Burst, Graph, Pool, PoolConfig, Worker};
 
 const WARMUP: Duration = Duration::from_millis(500);
 const WINDOW: Duration = Duration::from_secs(2);
@@ -40,102 +41,6 @@ const GEN_CPU: usize = 0;
 const FWD_CPU: usize = 1;
 const ROUNDS: usize = 2;
 const NS: &str = "dpdkbench";
-
-fn sh(args: &[&str]) -> String {
-    let o = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn pin(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
-}
-
-/// The namespace of the run, deleted on drop.
-struct Ns(String);
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A 64-byte VXLAN frame to `dst_mac` / 10.89.0.1:4789 (VNI 42), so the steering program
-/// of the AF_XDP run takes it too.
-fn vxlan_frame(dst_mac: [u8; 6]) -> Vec<u8> {
-    let mut vx = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
-    vx.extend_from_slice(&[0x02, 0, 0, 0, 0x42, 1, 0x02, 0, 0, 0, 0x42, 2, 0x08, 0x06]);
-    let mut f = Vec::new();
-    etherparse::PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x99], dst_mac)
-        .ipv4([10, 89, 0, 2], [10, 89, 0, 1], 64)
-        .udp(49152, 4789)
-        .write(&mut f, &vx)
-        .unwrap();
-    assert_eq!(f.len(), 64);
-    f
-}
-
-extern "C" fn on_sigusr1(_: libc::c_int) {}
-
-/// The XDP generator on CPU 0 until dropped (SIGUSR1 cuts the long test run short).
-struct Generator {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    tid: Arc<AtomicU64>,
-}
-
-impl Generator {
-    fn start(gen_if: u32, frame: Vec<u8>) -> Generator {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tid = Arc::new(AtomicU64::new(0));
-        let (s2, t2) = (stop.clone(), tid.clone());
-        let thread = std::thread::spawn(move || {
-            pin(GEN_CPU);
-            // SAFETY: pthread_self has no preconditions.
-            t2.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
-            let lg = LoadGen::load().expect("load the generator");
-            while !s2.load(Ordering::Acquire) {
-                let _ = lg.run(gen_if, &frame, 200_000_000, 256);
-            }
-        });
-        while tid.load(Ordering::Acquire) == 0 {
-            std::thread::yield_now();
-        }
-        Generator {
-            stop,
-            thread: Some(thread),
-            tid,
-        }
-    }
-}
-
-impl Drop for Generator {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            while !t.is_finished() {
-                // SAFETY: the thread is alive; SIGUSR1 has a no-op handler.
-                unsafe {
-                    libc::pthread_kill(
-                        self.tid.load(Ordering::Acquire) as libc::pthread_t,
-                        libc::SIGUSR1,
-                    )
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = t.join();
-        }
-    }
-}
 
 /// Frames back at `gen` per second over the window after the warm-up, in Mpps.
 fn measure(sink: &LoadGen) -> f64 {
@@ -146,37 +51,6 @@ fn measure(sink: &LoadGen) -> f64 {
     (c1 - c0) as f64 / (t1 - t0).as_secs_f64() / 1e6
 }
 
-/// Swaps source and destination MACs and sends the burst back.
-struct Reflect;
-
-impl Brick for Reflect {
-    fn kind(&self) -> &'static str {
-        "reflect"
-    }
-    fn poles(&self) -> Poles {
-        Poles::Monopole
-    }
-    fn burst(
-        &mut self,
-        _: Side,
-        _: usize,
-        mut pkts: Burst,
-        out: &mut Emit,
-    ) -> Result<(), BrickError> {
-        for p in pkts.iter_mut() {
-            let d = p.data_mut();
-            if d.len() >= 12 {
-                let (a, b) = d.split_at_mut(6);
-                a.swap_with_slice(&mut b[..6]);
-            }
-        }
-        out.send_peer(pkts);
-        Ok(())
-    }
-}
-
-/// Child process: runs `nic — reflect` on a busy-polling worker on CPU 1, prints
-/// "ready", forwards until its stdin closes, then prints the nic counters.
 fn forwarder(nic: Nic) {
     let mut g = Graph::new("bench");
     g.add("nic", nic).unwrap();
@@ -273,7 +147,6 @@ fn forward_afxdp() {
 fn run_forwarder(
     mut cmd: Command,
     wait_ready: bool,
-    gen_if: u32,
     frame: &[u8],
     sink: &LoadGen,
 ) -> (f64, String) {
@@ -290,7 +163,7 @@ fn run_forwarder(
     } else {
         // testpmd: wait for its XDP program on dut.
         let t = Instant::now();
-        while !sh(&["ip", "link", "show", "dut"]).contains("prog/xdp") {
+        while !run_ok(&["ip", "link", "show", "dut"]).contains("prog/xdp") {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "testpmd did not start its af_xdp port"
@@ -300,7 +173,7 @@ fn run_forwarder(
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let gen_thread = Generator::start(gen_if, frame.to_vec());
+    let gen_thread = Generator::start(None, "gen", frame.to_vec(), GEN_CPU);
     let mpps = measure(sink);
     drop(gen_thread);
     drop(child.stdin.take());
@@ -449,38 +322,10 @@ fn main() {
     {
         panic!("dpdk-testpmd not found: run cargo xtask deps (apt dpdk)");
     }
-    // SAFETY: installs a no-op handler (no SA_RESTART) so SIGUSR1 interrupts the
-    // generator's long BPF_PROG_TEST_RUN with EINTR.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigusr1 as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
-    }
-    let _ = Command::new("ip").args(["netns", "del", NS]).status();
-    let ns = Ns(NS.to_string());
-    sh(&["ip", "netns", "add", &ns.0]);
-    let back = File::open("/proc/thread-self/ns/net").unwrap();
-    let target = File::open(format!("/run/netns/{}", ns.0)).unwrap();
-    nix::sched::setns(target.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-    sh(&[
-        "ip", "link", "add", "gen", "type", "veth", "peer", "name", "dut",
-    ]);
-    sh(&["ip", "addr", "add", "10.89.0.1/24", "dev", "dut"]);
-    sh(&["ip", "addr", "add", "10.89.0.2/24", "dev", "gen"]);
-    sh(&["ip", "link", "set", "gen", "up"]);
-    sh(&["ip", "link", "set", "dut", "up"]);
-    let link = sh(&["ip", "-o", "link", "show", "dut"]);
-    let mac: Vec<u8> = link
-        .split("link/ether ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("MAC of dut")
-        .split(':')
-        .map(|h| u8::from_str_radix(h, 16).unwrap())
-        .collect();
-    let frame = vxlan_frame(mac.try_into().unwrap());
-    let gen_if = butterfly_ebpf::ifindex("gen").unwrap();
+    // SIGUSR1 interrupts the generator's long BPF_PROG_TEST_RUN (EINTR).
+    install_stop_signal();
+    let rig = VethRig::enter(NS, [10, 89, 0]);
+    let frame = rig.vxlan_frame();
     let mut sink = LoadGen::load().unwrap();
     sink.attach_sink("gen").unwrap();
 
@@ -497,7 +342,7 @@ fn main() {
             ("testpmd", testpmd_cmd(round), false),
         ];
         for (i, (name, cmd, ready)) in runs.into_iter().enumerate() {
-            let (mpps, counters) = run_forwarder(cmd, ready, gen_if, &frame, &sink);
+            let (mpps, counters) = run_forwarder(cmd, ready, &frame, &sink);
             let counters = if ready { counters } else { String::new() };
             println!("dpdk: round {round} {name}: {mpps:.3} Mpps {counters}");
             best[i] = best[i].max(mpps);
@@ -535,5 +380,5 @@ fn main() {
         }
     );
     drop(sink);
-    nix::sched::setns(back.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    drop(rig);
 }

@@ -11,6 +11,7 @@ pub mod qemu;
 pub mod testpmd;
 pub mod tmp;
 pub mod tshark;
+pub mod veth_rig;
 pub mod xdpgen;
 
 pub use netns::{
