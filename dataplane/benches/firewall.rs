@@ -6,7 +6,8 @@
 //! the baseline of the throughput ratios.
 //!
 //! Figures (one `RESULT` line each):
-//! - `firewall.established_1`: Mpps, 1 established TCP flow (replies inbound);
+//! - `firewall.established_1`: Mpps, 1 established TCP flow (handshake done; replies
+//!   inbound, ACK set);
 //! - `firewall.established_100k`: Mpps, 100,000 established flows visited in a
 //!   pseudo-random order (the source address of each packet is rewritten per burst);
 //! - `firewall.new_flows`: Mflows/s, first packets (TCP SYN inbound, allowed by a rule
@@ -18,6 +19,10 @@
 //!
 //! Every measured loop also counts heap allocations (a counting global allocator) and
 //! fails if the packet path allocates.
+//!
+//! A filter argument (as criterion takes: `cargo bench --bench firewall -- established_100k`)
+//! also skips the figures whose name does not contain it, so a profiler sees only the
+//! chosen loop.
 //!
 //! Times are this thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`): the machines these run on
 //! are shared, and wall time would count time spent descheduled.
@@ -179,37 +184,48 @@ fn firewall(max_flows: u32, rules: Vec<Rule>) -> Firewall {
     fw
 }
 
-/// Opens `n` flows from the VM to remote(i):80 (SYN outbound, SYN+ACK inbound).
+/// Opens `n` flows from the VM to remote(i):80 with the TCP handshake (SYN outbound,
+/// SYN+ACK inbound, ACK outbound): the flows end up established.
 fn open_flows(fw: &mut Firewall, pool: &Pool, n: u32) {
     let mut out = Emit::new();
-    for side_flags in [(Side::East, TCP_SYN), (Side::West, TCP_SYN | TCP_ACK)] {
+    let steps = [
+        (Side::East, TCP_SYN),
+        (Side::West, TCP_SYN | TCP_ACK),
+        (Side::East, TCP_ACK),
+    ];
+    for (side, flags) in steps {
         let mut b = Burst::new();
         for i in 0..n {
-            let f = if side_flags.0 == Side::East {
+            let f = if side == Side::East {
                 let mut f = frame(
                     IpAddr::V4(VM),
                     IpAddr::V4(remote(i)),
                     IPPROTO_TCP,
                     40000,
                     80,
-                    TCP_SYN,
+                    flags,
                     0,
                     6,
                 );
                 f.truncate(60);
                 f
             } else {
-                reply(i, side_flags.1)
+                reply(i, flags)
             };
             b.push(pool.packet_from(&f).unwrap()).unwrap();
             if b.is_full() || i == n - 1 {
-                fw.burst(side_flags.0, 0, std::mem::take(&mut b), &mut out)
-                    .unwrap();
+                fw.burst(side, 0, std::mem::take(&mut b), &mut out).unwrap();
                 out.take();
             }
         }
     }
     assert_eq!(fw.flows().len(), n as usize, "flows opened");
+    assert!(
+        fw.flows()
+            .iter()
+            .all(|(_, f)| f.tcp_state() == packetgraph::flowtable::TcpState::Established),
+        "flows established"
+    );
 }
 
 /// Random rules (deterministic): TCP/UDP port ranges, ICMP, any, over 10.0.0.0/8
@@ -334,7 +350,14 @@ fn mpps(c: &mut Criterion, name: &str, mut run: impl FnMut(u64) -> (Duration, u6
     p as f64 / d.as_secs_f64() / 1e6
 }
 
+/// The name filter given on the command line (criterion's positional argument), if any.
+fn filter() -> Option<String> {
+    std::env::args().skip(1).find(|a| !a.starts_with('-'))
+}
+
 fn main() {
+    let only = filter();
+    let wanted = |name: &str| only.as_deref().is_none_or(|f| name.contains(f));
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
@@ -349,33 +372,37 @@ fn main() {
     // Memory per flow at 1M flows, first, while the heap is fresh (memory freed by
     // earlier runs could be reused without showing in the resident set). The traffic
     // tables are made before the first reading so only the firewall is measured.
-    let n = 1u32 << 20;
-    let rw = syn_rewrites(n);
-    let order: Vec<u32> = (0..n).collect();
-    let tmpl = syn_template();
-    let before = rss_bytes();
-    let mut fw = firewall(n, rules(10));
-    let mut burst = None;
-    let mut cursor = 0;
-    drive(
-        &mut fw,
-        Side::West,
-        &mut burst,
-        &tmpl,
-        &pool,
-        &rw,
-        &order,
-        &mut cursor,
-        n as u64 / 64,
-    );
-    assert_eq!(fw.flows().len(), n as usize);
-    let after = rss_bytes();
-    let bytes_per_flow = (after - before) as f64 / n as f64;
-    let reserved = fw.flows().memory_bytes() as f64 / n as f64;
-    black_box(&fw);
-    drop(burst);
-    drop(fw);
-    drop((rw, order));
+    let mut bytes_per_flow = f64::NAN;
+    let mut reserved = f64::NAN;
+    if wanted("bytes_per_flow") {
+        let n = 1u32 << 20;
+        let rw = syn_rewrites(n);
+        let order: Vec<u32> = (0..n).collect();
+        let tmpl = syn_template();
+        let before = rss_bytes();
+        let mut fw = firewall(n, rules(10));
+        let mut burst = None;
+        let mut cursor = 0;
+        drive(
+            &mut fw,
+            Side::West,
+            &mut burst,
+            &tmpl,
+            &pool,
+            &rw,
+            &order,
+            &mut cursor,
+            n as u64 / 64,
+        );
+        assert_eq!(fw.flows().len(), n as usize);
+        let after = rss_bytes();
+        bytes_per_flow = (after - before) as f64 / n as f64;
+        reserved = fw.flows().memory_bytes() as f64 / n as f64;
+        black_box(&fw);
+        drop(burst);
+        drop(fw);
+        drop((rw, order));
+    }
 
     // Baseline: nop, no rewrite and with the 100k rewrite pattern.
     let tmpl1 = reply(0, TCP_ACK);
@@ -393,81 +420,96 @@ fn main() {
     let mut nop = Nop::new();
     let mut burst = None;
     let mut cur = 0;
-    let nop_1 = mpps(&mut c, "nop_1", |it| {
-        drive(
-            &mut nop,
-            Side::West,
-            &mut burst,
-            &tmpl1,
-            &pool,
-            &[],
-            &[],
-            &mut cur,
-            it,
-        )
-    });
-    let nop_100k = mpps(&mut c, "nop_100k", |it| {
-        drive(
-            &mut nop,
-            Side::West,
-            &mut burst,
-            &tmpl1,
-            &pool,
-            &rw100k,
-            &order100k,
-            &mut cur,
-            it,
-        )
-    });
+    let mut nop_1 = f64::NAN;
+    if wanted("nop_1") {
+        nop_1 = mpps(&mut c, "nop_1", |it| {
+            drive(
+                &mut nop,
+                Side::West,
+                &mut burst,
+                &tmpl1,
+                &pool,
+                &[],
+                &[],
+                &mut cur,
+                it,
+            )
+        });
+    }
+    let mut nop_100k = f64::NAN;
+    if wanted("nop_100k") {
+        nop_100k = mpps(&mut c, "nop_100k", |it| {
+            drive(
+                &mut nop,
+                Side::West,
+                &mut burst,
+                &tmpl1,
+                &pool,
+                &rw100k,
+                &order100k,
+                &mut cur,
+                it,
+            )
+        });
+    }
     drop(burst.take());
 
     let base_rules = rules(10);
-    let mut fw = firewall(1 << 17, base_rules.clone());
-    open_flows(&mut fw, &pool, 1);
-    let mut burst = None;
-    let est_1 = mpps(&mut c, "firewall_established_1", |it| {
-        drive(
-            &mut fw,
-            Side::West,
-            &mut burst,
-            &tmpl1,
-            &pool,
-            &[],
-            &[],
-            &mut cur,
-            it,
-        )
-    });
-    assert_eq!(fw.stats().drop_denied + fw.stats().drop_tcp_no_flow, 0);
-    drop(burst.take());
-    drop(fw);
+    let mut est_1 = f64::NAN;
+    if wanted("firewall_established_1") {
+        let mut fw = firewall(1 << 17, base_rules.clone());
+        open_flows(&mut fw, &pool, 1);
+        let mut burst = None;
+        est_1 = mpps(&mut c, "firewall_established_1", |it| {
+            drive(
+                &mut fw,
+                Side::West,
+                &mut burst,
+                &tmpl1,
+                &pool,
+                &[],
+                &[],
+                &mut cur,
+                it,
+            )
+        });
+        assert_eq!(fw.stats().drop_denied + fw.stats().drop_tcp_no_flow, 0);
+        drop(burst.take());
+        drop(fw);
+    }
 
-    let mut fw = firewall(1 << 17, base_rules.clone());
-    open_flows(&mut fw, &pool, 100_000);
-    let mut burst = None;
-    let est_100k = mpps(&mut c, "firewall_established_100k", |it| {
-        drive(
-            &mut fw,
-            Side::West,
-            &mut burst,
-            &tmpl1,
-            &pool,
-            &rw100k,
-            &order100k,
-            &mut cur,
-            it,
-        )
-    });
-    let st = fw.stats();
-    assert_eq!(st.dropped(), 0, "{st:?}");
-    assert_eq!(fw.flows().len(), 100_000);
-    drop(burst.take());
-    drop(fw);
+    let mut est_100k = f64::NAN;
+    if wanted("firewall_established_100k") {
+        let mut fw = firewall(1 << 17, base_rules.clone());
+        open_flows(&mut fw, &pool, 100_000);
+        let mut burst = None;
+        est_100k = mpps(&mut c, "firewall_established_100k", |it| {
+            drive(
+                &mut fw,
+                Side::West,
+                &mut burst,
+                &tmpl1,
+                &pool,
+                &rw100k,
+                &order100k,
+                &mut cur,
+                it,
+            )
+        });
+        let st = fw.stats();
+        assert_eq!(st.dropped(), 0, "{st:?}");
+        assert_eq!(fw.flows().len(), 100_000);
+        drop(burst.take());
+        drop(fw);
+    }
 
     // New flows: 1M first packets, 10 rules.
-    let fp_10 = first_packet_ns(&pool, 10, 1 << 20);
-    let fp_1k = first_packet_ns(&pool, 1_000, 1 << 20);
-    let fp_10k = first_packet_ns(&pool, 10_000, 1 << 20);
+    let (mut fp_10, mut fp_1k, mut fp_10k) = (f64::NAN, f64::NAN, f64::NAN);
+    if wanted("first_packet") || wanted("new_flows") {
+        fp_10 = first_packet_ns(&pool, 10, 1 << 20);
+        fp_1k = first_packet_ns(&pool, 1_000, 1 << 20);
+        fp_10k = first_packet_ns(&pool, 10_000, 1 << 20);
+    }
 
     c.final_summary();
     println!(

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, TryLockError};
 use packetgraph::{Brick, BrickError, Burst, Emit, Poles, Pool, Side};
 use virtio_queue::QueueT;
 
-use crate::device::{DeviceState, RX_QUEUE, TX_QUEUE};
+use crate::device::{DeviceState, MtuError, RX_QUEUE, TX_QUEUE};
 use crate::protocol::{ControlThread, Endpoint, ProtocolError};
 use crate::virtq::{RxStats, RxVirtio, TxStats, TxVirtio, notify};
 
@@ -27,6 +27,9 @@ pub enum VhostError {
     /// The vhost-user socket could not be set up.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The MTU given to [`Vhost::with_mtu`] is below 68 bytes.
+    #[error(transparent)]
+    Mtu(#[from] MtuError),
 }
 
 /// Brick counters beyond the per-side packet counts the graph keeps.
@@ -89,6 +92,31 @@ impl Vhost {
             rx: RxVirtio::default(),
             stats: VhostStats::default(),
         }
+    }
+
+    /// Advertises `mtu` (bytes, 68..=65535) to the guest: `VIRTIO_NET_F_MTU` is offered and
+    /// the virtio-net config space `mtu` field (VIRTIO 1.2 §5.1.4) holds it, served by
+    /// `GET_CONFIG` (protocol features `CONFIG` and `MTU` are then offered too). `None`
+    /// advertises none (the default). Call it before the frontend connects: a connected
+    /// frontend sees the change at its next connection.
+    ///
+    /// QEMU takes the value it shows the guest from its own `host_mtu` property (which it
+    /// only keeps when the backend offers `VIRTIO_NET_F_MTU`): pass the same MTU there, e.g.
+    /// `-device virtio-net-pci,netdev=n0,host_mtu=1450`.
+    ///
+    /// # Errors
+    /// [`VhostError::Mtu`] when `mtu` is below 68.
+    pub fn with_mtu(self, mtu: Option<u16>) -> Result<Vhost, VhostError> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_mtu(mtu)?;
+        Ok(self)
+    }
+
+    /// The MTU advertised to the guest (see [`Vhost::with_mtu`]).
+    pub fn mtu(&self) -> Option<u16> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).mtu
     }
 
     /// The device state shared with the control thread.
@@ -164,10 +192,11 @@ impl Brick for Vhost {
             return Ok(0);
         }
         let st = &mut *guard;
-        let Some(mem) = st.mem.as_ref() else {
+        let Some(mem) = st.map.as_ref() else {
             return Ok(0);
         };
         let vring = &mut st.vrings[TX_QUEUE];
+        let since = vring.queue.next_used();
         let mut burst = Burst::new();
         let taken = self.tx.pop_frames(
             &mut vring.queue,
@@ -177,7 +206,7 @@ impl Brick for Vhost {
             packetgraph::BURST_SIZE,
             &mut burst,
         );
-        if taken > 0 && notify(&mut vring.queue, mem, vring.call.as_ref()) {
+        if taken > 0 && notify(&vring.queue, mem, vring.call.as_ref(), since) {
             self.stats.notifications += 1;
         }
         drop(guard);
@@ -209,21 +238,15 @@ impl Brick for Vhost {
             return Ok(());
         }
         let st = &mut *guard;
-        let Some(mem) = st.mem.as_ref() else {
+        let Some(mem) = st.map.as_ref() else {
             return Ok(());
         };
         let vring = &mut st.vrings[RX_QUEUE];
-        let mut delivered = 0;
-        for p in pkts.iter() {
-            if self
-                .rx
-                .push_frame(&mut vring.queue, mem, st.net, p.data())
-                .is_ok()
-            {
-                delivered += 1;
-            }
-        }
-        if delivered > 0 && notify(&mut vring.queue, mem, vring.call.as_ref()) {
+        let since = vring.queue.next_used();
+        let delivered =
+            self.rx
+                .push_burst(&mut vring.queue, mem, st.net, pkts.iter().map(|p| p.data()));
+        if delivered > 0 && notify(&vring.queue, mem, vring.call.as_ref(), since) {
             self.stats.notifications += 1;
         }
         Ok(())
@@ -386,6 +409,29 @@ mod tests {
         assert_eq!(pool.available(), 8);
         assert_eq!(out.empty_bursts(), 0);
         assert!(out.pending().is_empty());
+    }
+
+    #[test]
+    fn with_mtu_sets_the_advertised_mtu_and_refuses_below_68() {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 8,
+            ..Default::default()
+        })
+        .unwrap();
+        let shared = Arc::new(Mutex::new(DeviceState::default()));
+        let v = Vhost::with_state(shared.clone(), pool.clone())
+            .with_mtu(Some(1450))
+            .unwrap();
+        assert_eq!(v.mtu(), Some(1450));
+        assert_ne!(
+            shared.lock().unwrap().offered_features() & crate::device::VIRTIO_NET_F_MTU,
+            0
+        );
+        let e = Vhost::with_state(Arc::new(Mutex::new(DeviceState::default())), pool)
+            .with_mtu(Some(67))
+            .unwrap_err();
+        assert!(matches!(e, VhostError::Mtu(MtuError(67))));
+        assert_eq!(v.with_mtu(None).unwrap().mtu(), None);
     }
 
     #[test]

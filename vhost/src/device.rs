@@ -15,13 +15,17 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestRegionMmap};
 
+use crate::guest_map::GuestMap;
 use crate::net_hdr::{NET_HDR_LEN_LEGACY, NET_HDR_LEN_V1};
-use crate::virtq::{GuestMem, NetConfig};
+use crate::virtq::{GuestMem, NetConfig, SplitRing};
 
 /// Device handles partial checksums from the driver (VIRTIO 1.2 §5.1.3).
 pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
 /// Driver handles partial checksums from the device.
 pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// Device reports its maximum MTU in the config space `mtu` field (VIRTIO 1.2 §5.1.3,
+/// §5.1.4).
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// Driver can merge receive buffers.
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 /// Indirect descriptor tables (VIRTIO 1.2 §2.7.5.3).
@@ -32,6 +36,11 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// Non-legacy device (VIRTIO 1.2 §6).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// The device uses buffers in the order the driver made them available (VIRTIO 1.2 §2.7.9,
+/// §6): the brick takes chains in avail-ring order and returns every chain it takes, good
+/// or not, in that order (a frame that finds too few buffers takes none). Lets drivers use
+/// their cheaper in-order paths (DPDK virtio's `*_inorder` Rx/Tx, as with DPDK's vhost).
+pub const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 
 /// Virtio features this backend offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_NET_F_CSUM
@@ -40,7 +49,20 @@ pub const OFFERED_FEATURES: u64 = VIRTIO_NET_F_CSUM
     | VIRTIO_RING_F_INDIRECT_DESC
     | VIRTIO_RING_F_EVENT_IDX
     | VHOST_USER_F_PROTOCOL_FEATURES
-    | VIRTIO_F_VERSION_1;
+    | VIRTIO_F_VERSION_1
+    | VIRTIO_F_IN_ORDER;
+
+/// Smallest MTU a device may advertise, in bytes (VIRTIO 1.2 §5.1.4.1: the device MUST
+/// NOT set `mtu` below 68).
+pub const MIN_MTU: u16 = 68;
+/// Length of the virtio-net config space served by `GET_CONFIG`, in bytes: `mac` (6),
+/// `status` (2), `max_virtqueue_pairs` (2), `mtu` (2) (VIRTIO 1.2 §5.1.4).
+pub const NET_CONFIG_LEN: usize = 12;
+
+/// An MTU outside `MIN_MTU..=65535`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("MTU {0} below the virtio minimum of 68 bytes")]
+pub struct MtuError(pub u16);
 
 /// Index of the receive queue (device → driver) of the queue pair.
 pub const RX_QUEUE: usize = 0;
@@ -114,6 +136,8 @@ pub struct MemRegion {
 pub struct DeviceState {
     /// Guest memory built from `regions` (None until the first memory table).
     pub mem: Option<GuestMem>,
+    /// The packet path's translation snapshot of `mem` (rebuilt with it).
+    pub map: Option<GuestMap>,
     /// The regions of `mem`.
     pub regions: Vec<MemRegion>,
     /// Receive and transmit virtqueues.
@@ -128,12 +152,19 @@ pub struct DeviceState {
     pub connected: bool,
     /// Connections accepted so far.
     pub connections: u64,
+    /// MTU advertised to the driver (bytes, `MIN_MTU..=65535`): when set,
+    /// `VIRTIO_NET_F_MTU` is offered and the config space `mtu` field holds it. It is
+    /// configuration, kept across connections and resets. Set with [`DeviceState::set_mtu`].
+    pub mtu: Option<u16>,
+    /// MTU the frontend announced with `NET_SET_MTU` (bytes), if any.
+    pub frontend_mtu: Option<u16>,
 }
 
 impl Default for DeviceState {
     fn default() -> Self {
         DeviceState {
             mem: None,
+            map: None,
             regions: Vec::new(),
             vrings: [Vring::new(), Vring::new()],
             features: 0,
@@ -141,6 +172,8 @@ impl Default for DeviceState {
             net: NetConfig::default(),
             connected: false,
             connections: 0,
+            mtu: None,
+            frontend_mtu: None,
         }
     }
 }
@@ -151,10 +184,46 @@ impl DeviceState {
     #[inline]
     pub fn ring_ready(&self, i: usize) -> bool {
         let v = &self.vrings[i];
-        self.mem.is_some()
+        self.map.is_some()
             && v.started
             && v.queue.ready()
             && (v.enabled || self.features & VHOST_USER_F_PROTOCOL_FEATURES == 0)
+    }
+
+    /// Sets (or clears, `None`) the MTU advertised to the driver, in bytes. Takes effect at
+    /// the frontend's next `GET_FEATURES` (the next connection for a running one).
+    ///
+    /// # Errors
+    /// [`MtuError`] when `mtu` is below [`MIN_MTU`] (68); the MTU is then unchanged.
+    pub fn set_mtu(&mut self, mtu: Option<u16>) -> Result<(), MtuError> {
+        if let Some(m) = mtu
+            && m < MIN_MTU
+        {
+            return Err(MtuError(m));
+        }
+        self.mtu = mtu;
+        Ok(())
+    }
+
+    /// Virtio features offered to the frontend: [`OFFERED_FEATURES`], plus
+    /// [`VIRTIO_NET_F_MTU`] when an MTU is set.
+    pub fn offered_features(&self) -> u64 {
+        if self.mtu.is_some() {
+            OFFERED_FEATURES | VIRTIO_NET_F_MTU
+        } else {
+            OFFERED_FEATURES
+        }
+    }
+
+    /// The virtio-net device config space (VIRTIO 1.2 §5.1.4, little endian): `mac` zero
+    /// (`VIRTIO_NET_F_MAC` not offered: the frontend picks the MAC), `status` 0
+    /// (`VIRTIO_NET_F_STATUS` not offered: the link is up), `max_virtqueue_pairs` 1, `mtu`
+    /// the configured MTU (0 when none is set: then `VIRTIO_NET_F_MTU` is not offered).
+    pub fn config_space(&self) -> [u8; NET_CONFIG_LEN] {
+        let mut c = [0u8; NET_CONFIG_LEN];
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c[10..12].copy_from_slice(&self.mtu.unwrap_or(0).to_le_bytes());
+        c
     }
 
     /// Records the virtio features the driver acked.
@@ -191,6 +260,7 @@ impl DeviceState {
     /// A message when the regions overlap.
     pub fn rebuild_memory(&mut self) -> Result<Option<GuestMem>, String> {
         let old = self.mem.take();
+        self.map = None;
         if self.regions.is_empty() {
             return Ok(old);
         }
@@ -198,6 +268,7 @@ impl DeviceState {
         let mem =
             GuestMem::from_arc_regions(self.regions.iter().map(|r| r.mapping.clone()).collect())
                 .map_err(|e| format!("guest memory regions: {e}"))?;
+        self.map = Some(GuestMap::new(&mem));
         self.mem = Some(mem);
         // Vring addresses are translated through the regions: redo it.
         for i in 0..NUM_QUEUES {
@@ -229,7 +300,13 @@ impl DeviceState {
             && q.try_set_avail_ring_address(GuestAddress(av)).is_ok()
             && q.try_set_used_ring_address(GuestAddress(u)).is_ok();
         q.set_ready(ok);
-        let valid = ok && self.mem.as_ref().is_some_and(|m| q.is_valid(m));
+        // The packet path also wants each ring inside one region (as DPDK's vhost does).
+        let valid = ok
+            && self.mem.as_ref().is_some_and(|m| q.is_valid(m))
+            && self
+                .map
+                .as_ref()
+                .is_some_and(|m| SplitRing::new(q, m).is_some());
         if !valid {
             tracing::warn!(ring = i, "vring does not fit in guest memory");
             q.set_ready(false);
@@ -252,12 +329,14 @@ impl DeviceState {
     pub fn reset(&mut self, keep_memory: bool) -> Option<GuestMem> {
         self.vrings = [Vring::new(), Vring::new()];
         self.features = 0;
+        self.frontend_mtu = None;
         self.net = NetConfig::default();
         if keep_memory {
             None
         } else {
             self.protocol_features = 0;
             self.regions.clear();
+            self.map = None;
             self.mem.take()
         }
     }

@@ -2,7 +2,7 @@
 //! unit test: arbitrary bytes become a descriptor table, an available ring and buffer
 //! contents in a small guest memory, then both the transmit and the receive paths of
 //! [`crate::virtq`] run on them. Whatever the bytes, this must not panic, must not read or
-//! write outside guest memory (vm-memory checks every access), must return every frame to
+//! write outside guest memory ([`GuestMap`] checks every access), must return every frame to
 //! the pool, and the used ring index must never move by more than the chains offered.
 
 pub use packetgraph::Pool;
@@ -10,6 +10,7 @@ use packetgraph::{Burst, PoolConfig};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::guest_map::GuestMap;
 use crate::virtq::{GuestMem, NetConfig, RxVirtio, TxVirtio};
 
 /// Guest memory size used by [`run`], in bytes.
@@ -82,7 +83,9 @@ pub fn run(data: &[u8], pool: &Pool) {
     let mut q = new_queue();
     let mut tx = TxVirtio::default();
     let mut out = Burst::new();
-    let taken = tx.pop_frames(&mut q, &mem, pool, cfg, 64, &mut out);
+    let map = GuestMap::new(&mem);
+    let since = q.next_used();
+    let taken = tx.pop_frames(&mut q, &map, pool, cfg, 64, &mut out);
     assert!(taken <= usize::from(avail_idx.min(QUEUE_SIZE)));
     assert_eq!(tx.stats.packets + tx.stats.drops(), taken as u64);
     for p in out.iter() {
@@ -91,7 +94,7 @@ pub fn run(data: &[u8], pool: &Pool) {
     // Never more chains returned than taken (the guest may scribble over its own rings:
     // buffers can point anywhere in its memory, so check the device's own indices).
     assert!(q.next_avail().wrapping_sub(q.next_used()) <= QUEUE_SIZE);
-    let _ = crate::virtq::notify(&mut q, &mem, None);
+    let _ = crate::virtq::notify(&q, &map, None, since);
     drop(out);
 
     // Receive path on the same chains.
@@ -99,9 +102,20 @@ pub fn run(data: &[u8], pool: &Pool) {
     let mut rx = RxVirtio::default();
     let frame = [0x5au8; 1514];
     for len in [60usize, 1514, 14, 600] {
-        let _ = rx.push_frame(&mut q, &mem, cfg, &frame[..len]);
+        let _ = rx.push_frame(&mut q, &map, cfg, &frame[..len]);
         assert!(q.next_avail().wrapping_sub(q.next_used()) <= QUEUE_SIZE);
     }
+    // And as one burst on a fresh queue.
+    let mut q = new_queue();
+    let lens = [60usize, 1514, 14, 600, 2048, 0];
+    let delivered = rx.push_burst(
+        &mut q,
+        &map,
+        cfg,
+        lens.iter().map(|&l| &frame[..l.min(1514)]),
+    );
+    assert!(delivered <= lens.len());
+    assert!(q.next_avail().wrapping_sub(q.next_used()) <= QUEUE_SIZE);
     assert_eq!(pool.available(), before, "frames leaked");
 }
 

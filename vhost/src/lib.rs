@@ -29,6 +29,7 @@
 pub mod brick;
 pub mod device;
 pub mod fuzzing;
+pub mod guest_map;
 pub mod net_hdr;
 pub mod protocol;
 pub mod virtq;

@@ -22,15 +22,13 @@ use std::time::Duration;
 
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vhost::vhost_user::message::{
-    FrontendReq, VhostUserMemory, VhostUserMemoryRegion, VhostUserSingleMemoryRegion, VhostUserU64,
-    VhostUserVringAddr, VhostUserVringState,
+    FrontendReq, VhostUserConfig, VhostUserConfigFlags, VhostUserMemory, VhostUserMemoryRegion,
+    VhostUserSingleMemoryRegion, VhostUserU64, VhostUserVringAddr, VhostUserVringState,
 };
 use virtio_queue::QueueT;
 use vm_memory::{ByteValued, FileOffset, GuestAddress, GuestRegionMmap, MmapRegion};
 
-use crate::device::{
-    DeviceState, MAX_QUEUE_SIZE, MemRegion, NUM_QUEUES, OFFERED_FEATURES, VringAddrs,
-};
+use crate::device::{DeviceState, MAX_QUEUE_SIZE, MIN_MTU, MemRegion, NUM_QUEUES, VringAddrs};
 
 /// vhost-user header length in bytes (request, flags, size: three u32).
 pub const HEADER_LEN: usize = 12;
@@ -54,13 +52,25 @@ const VRING_NOFD_MASK: u64 = 0x100;
 /// `SET_VRING_KICK`/`CALL`/`ERR` payload: the vring index.
 const VRING_IDX_MASK: u64 = 0xff;
 
-/// vhost-user protocol features offered.
+/// vhost-user protocol features offered (without an MTU configured).
 pub fn offered_protocol_features() -> u64 {
     (VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
         | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
         | VhostUserProtocolFeatures::RESET_DEVICE)
         .bits()
+}
+
+/// vhost-user protocol features offered for `st`: [`offered_protocol_features`], plus
+/// `CONFIG` (`GET_CONFIG` serves the config space with the `mtu` field) and `MTU`
+/// (`NET_SET_MTU` accepted) when an MTU is configured.
+pub fn protocol_features_for(st: &DeviceState) -> u64 {
+    if st.mtu.is_some() {
+        offered_protocol_features()
+            | (VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MTU).bits()
+    } else {
+        offered_protocol_features()
+    }
 }
 
 /// Errors of the vhost-user control path. Each one ends the connection (the frontend
@@ -231,27 +241,69 @@ pub fn handle(
     let req = FrontendReq::try_from(msg.request).ok();
     tracing::debug!(request = ?req, code = msg.request, size = msg.body.len(), fds = msg.files.len(), "vhost-user request");
     let outcome = match req {
-        Some(FrontendReq::GET_FEATURES) => {
-            Outcome::Reply(VhostUserU64::new(OFFERED_FEATURES).as_slice().to_vec())
-        }
+        Some(FrontendReq::GET_FEATURES) => Outcome::Reply(
+            VhostUserU64::new(lock(shared).offered_features())
+                .as_slice()
+                .to_vec(),
+        ),
         Some(FrontendReq::SET_FEATURES) => {
             let v: VhostUserU64 = msg.body_as()?;
             let f = v.value;
-            if f & !OFFERED_FEATURES != 0 {
+            let mut st = lock(shared);
+            let offered = st.offered_features();
+            if f & !offered != 0 {
                 tracing::warn!(features = f, "frontend acked features not offered");
             }
-            lock(shared).set_features(f & OFFERED_FEATURES);
-            Outcome::Ack(f & !OFFERED_FEATURES == 0)
+            st.set_features(f & offered);
+            Outcome::Ack(f & !offered == 0)
         }
         Some(FrontendReq::GET_PROTOCOL_FEATURES) => Outcome::Reply(
-            VhostUserU64::new(offered_protocol_features())
+            VhostUserU64::new(protocol_features_for(&lock(shared)))
                 .as_slice()
                 .to_vec(),
         ),
         Some(FrontendReq::SET_PROTOCOL_FEATURES) => {
             let v: VhostUserU64 = msg.body_as()?;
-            lock(shared).protocol_features = v.value & offered_protocol_features();
+            let mut st = lock(shared);
+            st.protocol_features = v.value & protocol_features_for(&st);
             Outcome::Ack(true)
+        }
+        Some(FrontendReq::GET_CONFIG) => {
+            // Reply: the same header with the requested bytes of the config space, or a
+            // zero size on failure (vhost-user spec, GET_CONFIG).
+            let c: VhostUserConfig = msg.body_as()?;
+            let space = lock(shared).config_space();
+            let (off, size) = (c.offset as usize, c.size as usize);
+            let mut reply = VhostUserConfig::new(c.offset, c.size, VhostUserConfigFlags::empty());
+            let mut data = vec![0u8; size.min(MAX_PAYLOAD)];
+            let ok = size <= MAX_PAYLOAD - std::mem::size_of::<VhostUserConfig>()
+                && off.checked_add(size).is_some();
+            if ok {
+                // Bytes past the fields we define read as zero.
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = space.get(off + i).copied().unwrap_or(0);
+                }
+            } else {
+                reply.size = 0;
+                data.clear();
+            }
+            let mut p = reply.as_slice().to_vec();
+            p.extend_from_slice(&data);
+            Outcome::Reply(p)
+        }
+        Some(FrontendReq::NET_SET_MTU) => {
+            // The frontend's MTU (QEMU `host_mtu`): accepted up to the MTU we advertise.
+            let v: VhostUserU64 = msg.body_as()?;
+            let mut st = lock(shared);
+            let ok = st
+                .mtu
+                .is_some_and(|m| v.value >= u64::from(MIN_MTU) && v.value <= u64::from(m));
+            if ok {
+                st.frontend_mtu = Some(v.value as u16);
+            } else {
+                tracing::warn!(mtu = v.value, "refused NET_SET_MTU");
+            }
+            Outcome::Ack(ok)
         }
         Some(FrontendReq::GET_QUEUE_NUM) => {
             Outcome::Reply(VhostUserU64::new(QUEUE_PAIRS).as_slice().to_vec())
@@ -646,7 +698,9 @@ fn serve_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::{RX_QUEUE, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF};
+    use crate::device::{
+        OFFERED_FEATURES, RX_QUEUE, VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    };
     use std::io::IoSlice;
     use virtio_queue::QueueT;
 
@@ -748,6 +802,123 @@ mod tests {
             msg(FrontendReq::GET_QUEUE_NUM, 0, &[], vec![]),
         );
         assert_eq!(r.unwrap(), Some(u64_body(QUEUE_PAIRS)));
+    }
+
+    fn get_config_body(offset: u32, size: u32) -> Vec<u8> {
+        let mut b = VhostUserConfig::new(offset, size, VhostUserConfigFlags::empty())
+            .as_slice()
+            .to_vec();
+        b.extend(std::iter::repeat_n(0u8, size as usize));
+        b
+    }
+
+    /// With an MTU set: VIRTIO_NET_F_MTU offered, GET_CONFIG answers the config space with
+    /// `mtu` at offset 10 (VIRTIO 1.2 §5.1.4), NET_SET_MTU accepted up to it. Without: none
+    /// of it is offered.
+    #[test]
+    fn mtu_is_offered_and_served_in_config_space() {
+        let mut st = DeviceState::default();
+        assert_eq!(st.set_mtu(Some(67)), Err(crate::device::MtuError(67)));
+        assert_eq!(st.mtu, None);
+        assert_eq!(st.offered_features() & VIRTIO_NET_F_MTU, 0);
+        st.set_mtu(Some(1450)).unwrap();
+        let shared = Mutex::new(st);
+        let r = handle(&shared, msg(FrontendReq::GET_FEATURES, 0, &[], vec![])).unwrap();
+        assert_eq!(r, Some(u64_body(OFFERED_FEATURES | VIRTIO_NET_F_MTU)));
+        let r = handle(
+            &shared,
+            msg(FrontendReq::GET_PROTOCOL_FEATURES, 0, &[], vec![]),
+        )
+        .unwrap()
+        .unwrap();
+        let pf = u64::from_le_bytes(r[..8].try_into().unwrap());
+        let want = (VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MTU).bits();
+        assert_eq!(pf & want, want);
+        handle(
+            &shared,
+            msg(
+                FrontendReq::SET_PROTOCOL_FEATURES,
+                0,
+                &u64_body(pf | REPLY_ACK),
+                vec![],
+            ),
+        )
+        .unwrap();
+        handle(
+            &shared,
+            msg(
+                FrontendReq::SET_FEATURES,
+                0,
+                &u64_body(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MTU),
+                vec![],
+            ),
+        )
+        .unwrap();
+        assert_ne!(shared.lock().unwrap().features & VIRTIO_NET_F_MTU, 0);
+        // Whole config space as QEMU asks for it.
+        let r = handle(
+            &shared,
+            msg(FrontendReq::GET_CONFIG, 0, &get_config_body(0, 12), vec![]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.len(), 12 + 12);
+        assert_eq!(
+            &r[..8],
+            &get_config_body(0, 12)[..8],
+            "offset and size echoed"
+        );
+        assert_eq!(&r[12..18], &[0; 6], "mac");
+        assert_eq!(u16::from_le_bytes([r[20], r[21]]), 1, "max_virtqueue_pairs");
+        assert_eq!(u16::from_le_bytes([r[22], r[23]]), 1450, "mtu");
+        // Just the mtu field.
+        let r = handle(
+            &shared,
+            msg(FrontendReq::GET_CONFIG, 0, &get_config_body(10, 2), vec![]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(&r[12..], &1450u16.to_le_bytes());
+        // NET_SET_MTU: above the advertised MTU refused, at or below accepted.
+        let r = handle(
+            &shared,
+            msg(
+                FrontendReq::NET_SET_MTU,
+                FLAG_NEED_REPLY,
+                &u64_body(9000),
+                vec![],
+            ),
+        )
+        .unwrap();
+        assert_eq!(r, Some(u64_body(1)));
+        let r = handle(
+            &shared,
+            msg(
+                FrontendReq::NET_SET_MTU,
+                FLAG_NEED_REPLY,
+                &u64_body(1400),
+                vec![],
+            ),
+        )
+        .unwrap();
+        assert_eq!(r, Some(u64_body(0)));
+        assert_eq!(shared.lock().unwrap().frontend_mtu, Some(1400));
+        // The MTU is configuration: a disconnect (reset) keeps it.
+        shared.lock().unwrap().reset(false);
+        assert_eq!(shared.lock().unwrap().mtu, Some(1450));
+        assert_eq!(shared.lock().unwrap().frontend_mtu, None);
+        // No MTU: neither the feature nor the protocol features.
+        let plain = Mutex::new(DeviceState::default());
+        let r = handle(
+            &plain,
+            msg(FrontendReq::GET_PROTOCOL_FEATURES, 0, &[], vec![]),
+        )
+        .unwrap();
+        assert_eq!(r, Some(u64_body(offered_protocol_features())));
+        assert_eq!(
+            plain.lock().unwrap().offered_features() & VIRTIO_NET_F_MTU,
+            0
+        );
     }
 
     /// Memory table, ring setup with frontend virtual addresses, start, stop.

@@ -3,11 +3,17 @@
 //! Nothing here knows about sockets or the graph (after cloud-hypervisor's
 //! `net_util/src/queue_pair.rs` split): [`TxVirtio`] turns the chains the driver offers on its
 //! transmit queue into pool frames, [`RxVirtio`] copies frames into the buffers the driver
-//! offers on its receive queue. Both work on a [`Queue`] and a [`GuestMem`] and are tested
-//! against `virtio_queue::mock::MockSplitQueue`.
+//! offers on its receive queue. Both work on a [`Queue`] (its addresses and indices) and a
+//! [`GuestMap`], and are tested against `virtio_queue::mock::MockSplitQueue`.
+//!
+//! Per burst (after DPDK's vhost library): the rings are translated to host pointers once,
+//! the avail index is read once, used elements are written as chains complete and the
+//! used index is published once (one release store), and the driver is notified at most
+//! once ([`notify`]).
 //!
 //! A hostile driver cannot make them panic or access memory outside the guest regions:
-//! every guest access goes through `vm-memory`'s checked `read_slice`/`write_slice`, chain
+//! the rings are used only when they lie entirely in guest memory, every buffer access
+//! goes through [`GuestMap`]'s bounds-checked `read`/`write`, chain
 //! walks are bounded by the queue size (loops end), and a chain that breaks a rule
 //! (device-writable buffer on the transmit queue, read-only buffer on the receive queue,
 //! buffer outside guest memory, empty or longer than a frame) is returned to the driver
@@ -15,12 +21,13 @@
 //!
 //! Spec: VIRTIO 1.2 §2.7 "Split Virtqueues", §5.1.6 "Device Operation" (virtio-net).
 
-use std::num::Wrapping;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use arrayvec::ArrayVec;
 use packetgraph::{Burst, Packet, Pool};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+
+use crate::guest_map::GuestMap;
 
 use crate::net_hdr::{HdrError, NetHdr};
 
@@ -137,39 +144,219 @@ impl Default for NetConfig {
     }
 }
 
-/// Frames available on a queue: `avail.idx - next_avail`, or `None` when the ring cannot
-/// be read or the driver published more entries than the queue holds.
-fn pending(q: &Queue, mem: &GuestMem) -> Option<u16> {
-    let idx = q
-        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-        .ok()?;
-    let n = (idx - Wrapping(q.next_avail())).0;
-    (n <= q.size()).then_some(n)
+/// Descriptor flag: the chain continues at `next` (VIRTIO 1.2 §2.7.5).
+const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: device-writable buffer.
+const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is a table of descriptors (§2.7.5.3).
+const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+/// Size of one descriptor in bytes.
+const DESC_SIZE: usize = 16;
+/// `avail.flags`: the driver does not want used-buffer notifications (§2.7.7).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// One descriptor as read from guest memory (a copy: the guest cannot change it under us).
+#[derive(Debug, Clone, Copy)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
 }
 
-/// Copies guest memory at `addr` into `dst`. One region lookup when the range lies in one
-/// region (the common case); vm-memory's region-crossing copy otherwise. Both are bounds
-/// checked: `Err` when any byte is outside guest memory.
-#[inline]
-fn read_guest(mem: &GuestMem, addr: GuestAddress, dst: &mut [u8]) -> Result<(), ()> {
-    match vm_memory::GuestMemoryBackend::get_slice(mem, addr, dst.len()) {
-        Ok(s) => {
-            s.copy_to(dst);
-            Ok(())
+impl Desc {
+    #[inline]
+    fn from_bytes(b: [u8; DESC_SIZE]) -> Desc {
+        Desc {
+            addr: u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            flags: u16::from_le_bytes([b[12], b[13]]),
+            next: u16::from_le_bytes([b[14], b[15]]),
         }
-        Err(_) => mem.read_slice(dst, addr).map_err(|_| ()),
     }
 }
 
-/// Copies `src` into guest memory at `addr` (see [`read_guest`]).
-#[inline]
-fn write_guest(mem: &GuestMem, addr: GuestAddress, src: &[u8]) -> Result<(), ()> {
-    match vm_memory::GuestMemoryBackend::get_slice(mem, addr, src.len()) {
-        Ok(s) => {
-            s.copy_from(src);
-            Ok(())
+/// The three parts of a split virtqueue (VIRTIO 1.2 §2.7) translated to host pointers
+/// once per burst. Built only when each part lies entirely in one guest region, with the
+/// alignment the spec requires (avail 2, used 4), so every access below stays inside the
+/// part it names.
+pub(crate) struct SplitRing<'a> {
+    desc: *const u8,
+    avail: *mut u8,
+    used: *mut u8,
+    size: u16,
+    map: &'a GuestMap,
+}
+
+impl<'a> SplitRing<'a> {
+    /// The rings of `q` in `map`, or `None` when the queue is not ready, its size is not a
+    /// power of two, or a part is not (entirely, aligned) in guest memory.
+    pub(crate) fn new(q: &Queue, map: &'a GuestMap) -> Option<SplitRing<'a>> {
+        let size = q.size();
+        if !q.ready() || !size.is_power_of_two() {
+            return None;
         }
-        Err(_) => mem.write_slice(src, addr).map_err(|_| ()),
+        let n = usize::from(size);
+        let desc = map.translate(q.desc_table(), DESC_SIZE * n)?;
+        // flags, idx, ring[size], used_event
+        let avail = map.translate(q.avail_ring(), 6 + 2 * n)?;
+        // flags, idx, ring[size] of (id u32, len u32), avail_event
+        let used = map.translate(q.used_ring(), 6 + 8 * n)?;
+        if !avail.cast::<u16>().is_aligned() || !used.cast::<u32>().is_aligned() {
+            return None;
+        }
+        Some(SplitRing {
+            desc,
+            avail,
+            used,
+            size,
+            map,
+        })
+    }
+
+    /// The `u16` at byte `off` of the avail ring, as an atomic.
+    #[inline]
+    fn avail_u16(&self, off: usize) -> &AtomicU16 {
+        debug_assert!(off + 2 <= 6 + 2 * usize::from(self.size));
+        // SAFETY: `new` checked that the avail ring (6 + 2 * size bytes) is mapped and
+        // 2-aligned; every caller passes an even `off` inside it. The mapping outlives
+        // `self` (borrowed map). Atomics are the right access for memory the guest writes
+        // concurrently.
+        unsafe { AtomicU16::from_ptr(self.avail.add(off).cast::<u16>()) }
+    }
+
+    /// `avail.idx`, with acquire ordering: the ring entries and descriptors it covers are
+    /// read after it (§2.7.13).
+    #[inline]
+    fn avail_idx(&self) -> u16 {
+        u16::from_le(self.avail_u16(2).load(Ordering::Acquire))
+    }
+
+    /// `avail.flags`.
+    #[inline]
+    fn avail_flags(&self) -> u16 {
+        u16::from_le(self.avail_u16(0).load(Ordering::Relaxed))
+    }
+
+    /// `avail.ring[i mod size]`: the head of a chain.
+    #[inline]
+    fn avail_entry(&self, i: u16) -> u16 {
+        let slot = usize::from(i & (self.size - 1));
+        u16::from_le(self.avail_u16(4 + 2 * slot).load(Ordering::Relaxed))
+    }
+
+    /// `used_event` (after the avail ring entries, §2.7.10).
+    #[inline]
+    fn used_event(&self) -> u16 {
+        u16::from_le(
+            self.avail_u16(4 + 2 * usize::from(self.size))
+                .load(Ordering::Relaxed),
+        )
+    }
+
+    /// Descriptor `i` of the table (`i < size`, checked by the caller).
+    #[inline]
+    fn desc(&self, i: u16) -> Desc {
+        debug_assert!(i < self.size);
+        // SAFETY: `new` checked that the table (16 * size bytes) is mapped and `i < size`;
+        // an unaligned volatile read of 16 bytes copies the descriptor once.
+        let b = unsafe {
+            std::ptr::read_volatile(
+                self.desc
+                    .add(DESC_SIZE * usize::from(i))
+                    .cast::<[u8; DESC_SIZE]>(),
+            )
+        };
+        Desc::from_bytes(b)
+    }
+
+    /// Writes used element `slot mod size`; made visible by [`SplitRing::publish_used`].
+    #[inline]
+    fn set_used(&self, slot: u16, id: u16, len: u32) {
+        let off = 4 + 8 * usize::from(slot & (self.size - 1));
+        // SAFETY: `new` checked that the used ring (6 + 8 * size bytes) is mapped and
+        // 4-aligned; `off + 8` is inside the ring entries.
+        unsafe {
+            let p = self.used.add(off).cast::<u32>();
+            std::ptr::write_volatile(p, u32::from(id).to_le());
+            std::ptr::write_volatile(p.add(1), len.to_le());
+        }
+    }
+
+    /// Stores `used.idx` with release ordering: the used elements written before it are
+    /// visible to the driver first (§2.7.8).
+    #[inline]
+    fn publish_used(&self, idx: u16) {
+        // SAFETY: as in `avail_u16`, for the used ring's 2-aligned `idx` at offset 2.
+        let a = unsafe { AtomicU16::from_ptr(self.used.add(2).cast::<u16>()) };
+        a.store(idx.to_le(), Ordering::Release);
+    }
+}
+
+/// Walks one descriptor chain like `virtio_queue::DescriptorChain`: at most `size`
+/// descriptors (loops end), an indirect table (not nested, length a multiple of 16) is
+/// followed once, a `next` outside the table ends the chain, as does a total length over
+/// `u32::MAX` (§2.7.5.2).
+struct ChainWalk {
+    next: u16,
+    ttl: u16,
+    /// Indirect table (guest address, entries), once switched to it.
+    indirect: Option<(u64, u16)>,
+    bytes: u32,
+}
+
+impl ChainWalk {
+    fn new(head: u16, size: u16) -> ChainWalk {
+        ChainWalk {
+            next: head,
+            ttl: size,
+            indirect: None,
+            bytes: 0,
+        }
+    }
+
+    #[inline]
+    fn next(&mut self, ring: &SplitRing<'_>) -> Option<Desc> {
+        loop {
+            if self.ttl == 0 {
+                return None;
+            }
+            let d = match self.indirect {
+                None => {
+                    if self.next >= ring.size {
+                        return None;
+                    }
+                    ring.desc(self.next)
+                }
+                Some((table, len)) => {
+                    if self.next >= len {
+                        return None;
+                    }
+                    let at = table.checked_add(DESC_SIZE as u64 * u64::from(self.next))?;
+                    let mut b = [0u8; DESC_SIZE];
+                    ring.map.read(at, &mut b).ok()?;
+                    Desc::from_bytes(b)
+                }
+            };
+            if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+                if self.indirect.is_some() || d.len % DESC_SIZE as u32 != 0 {
+                    return None;
+                }
+                let entries = u16::try_from(d.len / DESC_SIZE as u32).ok()?;
+                self.indirect = Some((d.addr, entries));
+                self.next = 0;
+                self.ttl = entries;
+                continue;
+            }
+            self.bytes = self.bytes.checked_add(d.len)?;
+            if d.flags & VIRTQ_DESC_F_NEXT != 0 {
+                self.next = d.next;
+                self.ttl -= 1;
+            } else {
+                self.ttl = 0;
+            }
+            return Some(d);
+        }
     }
 }
 
@@ -184,40 +371,53 @@ impl TxVirtio {
     /// Takes up to `budget` chains from the transmit queue `q`, copies each into a frame of
     /// `pool` (virtio-net header stripped, partial checksum completed) and pushes it into
     /// `out`. Every chain taken is put in the used ring (length 0: nothing written), good or
-    /// not. Chains stay in the ring when the pool is empty (back-pressure, no drop).
+    /// not, and the used index is published once for the whole burst. Chains stay in the
+    /// ring when the pool is empty (back-pressure, no drop).
     ///
-    /// Returns the number of chains taken; the caller decides whether to notify the driver
-    /// (`Queue::needs_notification`).
+    /// Returns the number of chains taken; the caller then notifies the driver
+    /// ([`notify`] with the used index from before the call).
     pub fn pop_frames(
         &mut self,
         q: &mut Queue,
-        mem: &GuestMem,
+        mem: &GuestMap,
         pool: &Pool,
         cfg: NetConfig,
         budget: usize,
         out: &mut Burst,
     ) -> usize {
-        let Some(n) = pending(q, mem) else {
+        let Some(ring) = SplitRing::new(q, mem) else {
             self.stats.ring_errors += 1;
             return 0;
         };
-        let want = (n as usize)
-            .min(budget)
-            .min(packetgraph::BURST_SIZE - out.len());
+        let mut next_avail = q.next_avail();
+        let n = ring.avail_idx().wrapping_sub(next_avail);
+        if n > ring.size {
+            // The driver published more entries than the queue holds.
+            self.stats.ring_errors += 1;
+            return 0;
+        }
+        let chains = usize::from(n).min(budget);
+        let want = chains.min(packetgraph::BURST_SIZE - out.len());
         if want == 0 {
             return 0;
         }
         let mut frames: ArrayVec<Packet, { packetgraph::BURST_SIZE }> = ArrayVec::new();
-        pool.alloc_with(want, |p| frames.push(p));
+        pool.alloc_with(want, |p| {
+            // Cannot fail: want <= BURST_SIZE.
+            let _ = frames.try_push(p);
+        });
+        let mut frames = frames.into_iter();
+        let mut spare: Option<Packet> = None;
+        let mut next_used = q.next_used();
         let mut taken = 0;
-        while let Some(mut pkt) = frames.pop() {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
-                frames.push(pkt);
+        while taken < chains {
+            let Some(mut pkt) = spare.take().or_else(|| frames.next()) else {
                 break;
             };
+            let head = ring.avail_entry(next_avail);
+            next_avail = next_avail.wrapping_add(1);
             taken += 1;
-            let head = chain.head_index();
-            match copy_chain(chain, mem, &mut pkt, cfg.hdr_len) {
+            match copy_chain(&ring, head, &mut pkt, cfg.hdr_len) {
                 Ok(csum) => {
                     self.stats.checksums_completed += u64::from(csum);
                     self.stats.packets += 1;
@@ -228,35 +428,73 @@ impl TxVirtio {
                 Err(e) => {
                     self.stats.count(e);
                     pkt.truncate(0);
-                    frames.push(pkt);
+                    spare = Some(pkt);
                 }
             }
-            if q.add_used(mem, head, 0).is_err() {
+            if head < ring.size {
+                ring.set_used(next_used, head, 0);
+                next_used = next_used.wrapping_add(1);
+            } else {
+                // Not a descriptor index: nothing to give back.
                 self.stats.ring_errors += 1;
             }
+        }
+        if taken > 0 {
+            ring.publish_used(next_used);
+            q.set_next_avail(next_avail);
+            q.set_next_used(next_used);
+        }
+        if spare.is_some() || frames.len() > 0 {
+            // Frames not used go back to the pool in one lock.
+            let mut rest = Burst::new();
+            rest.extend(spare.into_iter().chain(frames));
         }
         taken
     }
 }
 
-/// Copies a transmit chain into `pkt` (which must be empty), then checks and strips the
-/// virtio-net header. Returns whether a partial checksum was completed.
-fn copy_chain<M>(
-    chain: virtio_queue::DescriptorChain<M>,
-    mem: &GuestMem,
+/// Copies the transmit chain at `head` into `pkt` (which must be empty), then checks and
+/// strips the virtio-net header. Returns whether a partial checksum was completed.
+#[inline]
+fn copy_chain(
+    ring: &SplitRing<'_>,
+    head: u16,
     pkt: &mut Packet,
     hdr_len: usize,
-) -> Result<bool, ChainError>
-where
-    M: std::ops::Deref,
-    M::Target: vm_memory::GuestMemory,
-{
+) -> Result<bool, ChainError> {
     let max = pkt.tailroom();
-    for desc in chain {
-        if desc.is_write_only() {
+    // The common case: one read-only descriptor (no `NEXT`, not indirect) in one region:
+    // one translation, the header read aside, the frame copied once to its place.
+    if head < ring.size {
+        let d = ring.desc(head);
+        let len = d.len as usize;
+        if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE) == 0
+            && len > hdr_len
+            && len <= max
+            && let Some(src) = ring.map.translate(d.addr, len)
+        {
+            let mut hb = [0u8; crate::net_hdr::NET_HDR_LEN_V1];
+            let hb = &mut hb[..hdr_len.min(crate::net_hdr::NET_HDR_LEN_V1)];
+            // SAFETY: `translate` checked that `src` points to `len` > `hdr_len` mapped
+            // guest bytes; `hb` holds at most `hdr_len` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(src, hb.as_mut_ptr(), hb.len()) };
+            let hdr = NetHdr::parse(hb, hdr_len)?;
+            let dst = pkt
+                .append(len - hdr_len)
+                .map_err(|_| ChainError::TooLong(max - hdr_len))?;
+            // SAFETY: as above, `src + hdr_len .. + len - hdr_len` is inside the checked
+            // range; `dst` is exactly `len - hdr_len` bytes of our frame.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(hdr_len), dst.as_mut_ptr(), dst.len()) };
+            hdr.finish_tx(dst)?;
+            return Ok(hdr.flags & crate::net_hdr::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0);
+        }
+    }
+    let mut walk = ChainWalk::new(head, ring.size);
+    while let Some(desc) = walk.next(ring) {
+        if desc.flags & VIRTQ_DESC_F_WRITE != 0 {
             return Err(ChainError::WrongDirection);
         }
-        let len = desc.len() as usize;
+        let len = desc.len as usize;
         if len == 0 {
             continue;
         }
@@ -266,10 +504,12 @@ where
         let dst = pkt
             .append(len)
             .map_err(|_| ChainError::TooLong(max - hdr_len))?;
-        read_guest(mem, desc.addr(), dst).map_err(|_| ChainError::OutOfMemory {
-            addr: desc.addr().0,
-            len: desc.len(),
-        })?;
+        ring.map
+            .read(desc.addr, dst)
+            .map_err(|_| ChainError::OutOfMemory {
+                addr: desc.addr,
+                len: desc.len,
+            })?;
     }
     if pkt.len() <= hdr_len {
         return Err(ChainError::Short(pkt.len()));
@@ -281,9 +521,10 @@ where
     Ok(hdr.flags & crate::net_hdr::VIRTIO_NET_HDR_F_NEEDS_CSUM != 0)
 }
 
-/// Where the bytes of the virtio-net header landed in guest memory (the header is written
-/// last, once `num_buffers` is known, and may straddle descriptors).
-type HdrSegments = ArrayVec<(GuestAddress, usize, usize), { crate::net_hdr::NET_HDR_LEN_V1 }>;
+/// Where the bytes of the virtio-net header go in guest memory (the header is written
+/// last, once `num_buffers` is known, and may straddle descriptors): (guest address,
+/// offset in the header, length).
+type HdrSegments = ArrayVec<(u64, usize, usize), { crate::net_hdr::NET_HDR_LEN_V1 }>;
 
 /// Why one frame could not be delivered to the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -302,6 +543,40 @@ pub enum RxError {
     Ring,
 }
 
+/// The receive ring during one burst: the avail index read once, the device's indices
+/// advanced locally and written back (and the used index published) once at the end.
+struct RxCursor<'a> {
+    ring: SplitRing<'a>,
+    avail_idx: u16,
+    next_avail: u16,
+    next_used: u16,
+}
+
+impl RxCursor<'_> {
+    /// The head of the next chain the driver offers, if any.
+    #[inline]
+    fn pop(&mut self) -> Option<u16> {
+        if self.next_avail == self.avail_idx {
+            return None;
+        }
+        let head = self.ring.avail_entry(self.next_avail);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        Some(head)
+    }
+
+    /// Returns chain `head` to the driver with `len` bytes written; a head that is not a
+    /// descriptor index cannot be returned (`false`).
+    #[inline]
+    fn put_used(&mut self, head: u16, len: u32) -> bool {
+        if head >= self.ring.size {
+            return false;
+        }
+        self.ring.set_used(self.next_used, head, len);
+        self.next_used = self.next_used.wrapping_add(1);
+        true
+    }
+}
+
 /// The receive queue's side: frames → chains.
 #[derive(Debug, Default)]
 pub struct RxVirtio {
@@ -310,46 +585,143 @@ pub struct RxVirtio {
 }
 
 impl RxVirtio {
-    /// Copies `frame` (an Ethernet frame) behind a virtio-net header into the buffers the
-    /// driver offers on receive queue `q`, spreading it over several chains with mergeable
-    /// buffers. Counts and returns the error when the frame is dropped; a malformed chain
-    /// is returned to the driver with length 0.
+    /// Copies each of `frames` (Ethernet frames) behind a virtio-net header into the
+    /// buffers the driver offers on receive queue `q`, spreading a frame over several
+    /// chains with mergeable buffers. The avail index is read once and the used index
+    /// published once for the whole burst. Frames that cannot be delivered are dropped and
+    /// counted; a malformed chain is returned to the driver with length 0.
     ///
-    /// The caller notifies the driver after a burst (`Queue::needs_notification`).
+    /// Returns the number of frames delivered; the caller then notifies the driver
+    /// ([`notify`] with the used index from before the call).
+    pub fn push_burst<'f>(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMap,
+        cfg: NetConfig,
+        frames: impl IntoIterator<Item = &'f [u8]>,
+    ) -> usize {
+        let ring = SplitRing::new(q, mem).and_then(|ring| {
+            let avail_idx = ring.avail_idx();
+            let next_avail = q.next_avail();
+            (avail_idx.wrapping_sub(next_avail) <= ring.size).then_some(RxCursor {
+                ring,
+                avail_idx,
+                next_avail,
+                next_used: q.next_used(),
+            })
+        });
+        let Some(mut cur) = ring else {
+            self.stats.ring_errors += frames.into_iter().count() as u64;
+            return 0;
+        };
+        let mut delivered = 0;
+        for frame in frames {
+            if cur.next_avail == cur.avail_idx {
+                // Ring exhausted for this burst: the rest is dropped without a look.
+                self.stats.drop_no_buffer += 1;
+                continue;
+            }
+            match self.try_push(&mut cur, cfg, frame) {
+                Ok(()) => {
+                    delivered += 1;
+                    self.stats.packets += 1;
+                    self.stats.bytes += frame.len() as u64;
+                }
+                Err(RxError::NoBuffer) => self.stats.drop_no_buffer += 1,
+                Err(RxError::TooBig) => self.stats.drop_too_big += 1,
+                Err(RxError::Chain(_)) => self.stats.drop_bad_chain += 1,
+                Err(RxError::Ring) => self.stats.ring_errors += 1,
+            }
+        }
+        if cur.next_used != q.next_used() {
+            cur.ring.publish_used(cur.next_used);
+        }
+        q.set_next_avail(cur.next_avail);
+        q.set_next_used(cur.next_used);
+        delivered
+    }
+
+    /// [`RxVirtio::push_burst`] of one frame.
     ///
     /// # Errors
     /// [`RxError`] saying why the frame was dropped (already counted).
     pub fn push_frame(
         &mut self,
         q: &mut Queue,
-        mem: &GuestMem,
+        mem: &GuestMap,
         cfg: NetConfig,
         frame: &[u8],
     ) -> Result<(), RxError> {
-        let r = self.try_push(q, mem, cfg, frame);
-        match r {
-            Ok(()) => {
-                self.stats.packets += 1;
-                self.stats.bytes += frame.len() as u64;
-            }
-            Err(RxError::NoBuffer) => self.stats.drop_no_buffer += 1,
-            Err(RxError::TooBig) => self.stats.drop_too_big += 1,
-            Err(RxError::Chain(_)) => self.stats.drop_bad_chain += 1,
-            Err(RxError::Ring) => self.stats.ring_errors += 1,
+        let before = self.stats;
+        if self.push_burst(q, mem, cfg, [frame]) == 1 {
+            return Ok(());
         }
-        r
+        let s = self.stats;
+        Err(if s.drop_no_buffer > before.drop_no_buffer {
+            RxError::NoBuffer
+        } else if s.drop_too_big > before.drop_too_big {
+            RxError::TooBig
+        } else if s.drop_bad_chain > before.drop_bad_chain {
+            RxError::Chain(ChainError::Short(0))
+        } else {
+            RxError::Ring
+        })
+    }
+
+    /// The common case in one translation: the next chain is one device-writable
+    /// descriptor (no `NEXT`, not indirect) that holds header and frame. Does what the
+    /// general path would do for it; `false` (nothing done) for anything else.
+    #[inline]
+    fn push_simple(&mut self, cur: &mut RxCursor<'_>, hdr_len: usize, frame: &[u8]) -> bool {
+        if cur.next_avail == cur.avail_idx {
+            return false;
+        }
+        let head = cur.ring.avail_entry(cur.next_avail);
+        if head >= cur.ring.size {
+            return false;
+        }
+        let d = cur.ring.desc(head);
+        let total = hdr_len + frame.len();
+        if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_WRITE)
+            != VIRTQ_DESC_F_WRITE
+            || (d.len as usize) < total
+        {
+            return false;
+        }
+        let Some(dst) = cur.ring.map.translate(d.addr, total) else {
+            return false;
+        };
+        let mut hb = [0u8; crate::net_hdr::NET_HDR_LEN_V1];
+        NetHdr {
+            num_buffers: 1,
+            ..Default::default()
+        }
+        .emit(&mut hb, hdr_len);
+        // SAFETY: `translate` checked that `dst` points to `total` = `hdr_len` +
+        // `frame.len()` mapped guest bytes (kept alive by the map); our buffers do not
+        // overlap guest memory.
+        unsafe {
+            std::ptr::copy_nonoverlapping(hb.as_ptr(), dst, hdr_len);
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), dst.add(hdr_len), frame.len());
+        }
+        cur.next_avail = cur.next_avail.wrapping_add(1);
+        cur.put_used(head, total as u32);
+        self.stats.buffers += 1;
+        true
     }
 
     fn try_push(
         &mut self,
-        q: &mut Queue,
-        mem: &GuestMem,
+        cur: &mut RxCursor<'_>,
         cfg: NetConfig,
         frame: &[u8],
     ) -> Result<(), RxError> {
-        let start = q.next_avail();
+        let start = cur.next_avail;
         let hdr_len = cfg.hdr_len;
         let total = hdr_len + frame.len();
+        if self.push_simple(cur, hdr_len, frame) {
+            return Ok(());
+        }
         // (head, bytes written) of every chain used for this frame.
         let mut used: ArrayVec<(u16, u32), MAX_RX_BUFFERS> = ArrayVec::new();
         let mut hdr_at: HdrSegments = ArrayVec::new();
@@ -360,30 +732,36 @@ impl RxVirtio {
                 failure = Some(RxError::TooBig);
                 break;
             }
-            // None: ring empty (or its avail index unreadable/bogus).
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+            let Some(head) = cur.pop() else {
                 failure = Some(RxError::NoBuffer);
                 break;
             };
-            let head = chain.head_index();
+            let mut walk = ChainWalk::new(head, cur.ring.size);
             let mut in_chain = 0usize;
             let mut bad = None;
-            for desc in chain {
-                if written == total {
+            while written < total {
+                let Some(desc) = walk.next(&cur.ring) else {
                     break;
-                }
-                if !desc.is_write_only() {
+                };
+                if desc.flags & VIRTQ_DESC_F_WRITE == 0 {
                     bad = Some(ChainError::WrongDirection);
                     break;
                 }
-                let cap = desc.len() as usize;
+                let cap = desc.len as usize;
+                let oom = ChainError::OutOfMemory {
+                    addr: desc.addr,
+                    len: desc.len,
+                };
                 let mut off = 0usize;
                 while off < cap && written < total {
-                    let addr = GuestAddress(desc.addr().0.wrapping_add(off as u64));
+                    let Some(addr) = desc.addr.checked_add(off as u64) else {
+                        bad = Some(oom);
+                        break;
+                    };
                     let res = if written < hdr_len {
                         // Reserve room for the header; it is written at the end.
                         let n = (hdr_len - written).min(cap - off);
-                        if mem.check_range(addr, n, vm_memory::Permissions::Write) {
+                        if cur.ring.map.contains(addr, n) {
                             hdr_at.push((addr, written, n));
                             Ok(n)
                         } else {
@@ -392,7 +770,11 @@ impl RxVirtio {
                     } else {
                         let from = written - hdr_len;
                         let n = (frame.len() - from).min(cap - off);
-                        write_guest(mem, addr, &frame[from..from + n]).map(|_| n)
+                        cur.ring
+                            .map
+                            .write(addr, &frame[from..from + n])
+                            .map(|_| n)
+                            .map_err(|_| ())
                     };
                     match res {
                         Ok(n) => {
@@ -401,10 +783,7 @@ impl RxVirtio {
                             in_chain += n;
                         }
                         Err(()) => {
-                            bad = Some(ChainError::OutOfMemory {
-                                addr: desc.addr().0,
-                                len: desc.len(),
-                            });
+                            bad = Some(oom);
                             break;
                         }
                     }
@@ -432,14 +811,14 @@ impl RxVirtio {
                 RxError::Chain(_) => {
                     // Give every chain taken back, unused; the frame is dropped.
                     for &(head, _) in &used {
-                        if q.add_used(mem, head, 0).is_err() {
+                        if !cur.put_used(head, 0) {
                             self.stats.ring_errors += 1;
                         }
                     }
                 }
                 _ => {
                     // Leave the chains to a later (smaller) frame.
-                    q.set_next_avail(start);
+                    cur.next_avail = start;
                 }
             }
             return Err(e);
@@ -451,12 +830,12 @@ impl RxVirtio {
         let mut hb = [0u8; crate::net_hdr::NET_HDR_LEN_V1];
         hdr.emit(&mut hb, hdr_len);
         for &(addr, from, n) in &hdr_at {
-            if write_guest(mem, addr, &hb[from..from + n]).is_err() {
+            if cur.ring.map.write(addr, &hb[from..from + n]).is_err() {
                 return Err(RxError::Ring);
             }
         }
         for &(head, len) in &used {
-            if q.add_used(mem, head, len).is_err() {
+            if !cur.put_used(head, len) {
                 return Err(RxError::Ring);
             }
         }
@@ -465,23 +844,27 @@ impl RxVirtio {
     }
 }
 
-/// Sends a notification through `call` (an eventfd) if the driver wants one for queue `q`
-/// (EVENT_IDX `used_event`, or the `VRING_AVAIL_F_NO_INTERRUPT` flag). Returns whether it
-/// notified.
-pub fn notify(q: &mut Queue, mem: &GuestMem, call: Option<&std::fs::File>) -> bool {
+/// Sends a notification through `call` (an eventfd) if the driver wants one for the used
+/// entries queue `q` published since its used index was `since` (EVENT_IDX `used_event`,
+/// VIRTIO 1.2 §2.7.10; without it the `VRING_AVAIL_F_NO_INTERRUPT` flag, §2.7.7). At most
+/// one eventfd write per call. Returns whether it notified.
+pub fn notify(q: &Queue, mem: &GuestMap, call: Option<&std::fs::File>, since: u16) -> bool {
     let Some(call) = call else { return false };
+    let new = q.next_used();
+    if new == since {
+        return false;
+    }
+    let Some(ring) = SplitRing::new(q, mem) else {
+        return false;
+    };
+    // The used index store is ordered before the read of the driver's suppression field
+    // (§2.7.10: the device must not miss a `used_event` update).
+    std::sync::atomic::fence(Ordering::SeqCst);
     let needed = if q.event_idx_enabled() {
-        q.needs_notification(mem).unwrap_or(true)
+        // Notify when `used_event` lies in [since, new): `new - used_event - 1 < new - since`.
+        new.wrapping_sub(ring.used_event()).wrapping_sub(1) < new.wrapping_sub(since)
     } else {
-        // Without EVENT_IDX, honour VRING_AVAIL_F_NO_INTERRUPT (avail.flags bit 0).
-        let flags: u16 = mem
-            .load(
-                GuestAddress(q.avail_ring()),
-                std::sync::atomic::Ordering::Acquire,
-            )
-            .map(u16::from_le)
-            .unwrap_or(0);
-        flags & 1 == 0
+        ring.avail_flags() & VRING_AVAIL_F_NO_INTERRUPT == 0
     };
     if needed {
         use std::io::Write;
@@ -498,6 +881,7 @@ mod tests {
     use packetgraph::PoolConfig;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
 
     const F_NEXT: u16 = 1;
     const F_WRITE: u16 = 2;
@@ -562,7 +946,14 @@ mod tests {
         let p = pool();
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
-        let n = tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out);
+        let n = tx.pop_frames(
+            &mut q,
+            &GuestMap::new(&m),
+            &p,
+            NetConfig::default(),
+            64,
+            &mut out,
+        );
         assert_eq!(n, 2);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].data(), &f1[..]);
@@ -574,7 +965,14 @@ mod tests {
         assert_eq!(used_elem(&m, &vq, 1), (1, 0));
         // Nothing more.
         assert_eq!(
-            tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out),
+            tx.pop_frames(
+                &mut q,
+                &GuestMap::new(&m),
+                &p,
+                NetConfig::default(),
+                64,
+                &mut out
+            ),
             0
         );
         drop(out);
@@ -603,7 +1001,14 @@ mod tests {
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
         assert_eq!(
-            tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out),
+            tx.pop_frames(
+                &mut q,
+                &GuestMap::new(&m),
+                &p,
+                NetConfig::default(),
+                64,
+                &mut out
+            ),
             1
         );
         assert_eq!(out[0].data(), &f[..]);
@@ -628,7 +1033,14 @@ mod tests {
         let p = pool();
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
-        tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out);
+        tx.pop_frames(
+            &mut q,
+            &GuestMap::new(&m),
+            &p,
+            NetConfig::default(),
+            64,
+            &mut out,
+        );
         let d = out[0].data();
         assert_eq!(u16::from_be_bytes([d[36], d[37]]), !0x1234u16);
         assert_eq!(tx.stats.checksums_completed, 1);
@@ -691,7 +1103,14 @@ mod tests {
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
         assert_eq!(
-            tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out),
+            tx.pop_frames(
+                &mut q,
+                &GuestMap::new(&m),
+                &p,
+                NetConfig::default(),
+                64,
+                &mut out
+            ),
             9
         );
         assert_eq!(out.len(), 1);
@@ -730,7 +1149,14 @@ mod tests {
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
         assert_eq!(
-            tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out),
+            tx.pop_frames(
+                &mut q,
+                &GuestMap::new(&m),
+                &p,
+                NetConfig::default(),
+                64,
+                &mut out
+            ),
             1
         );
         // 16 descriptors of 4 bytes = 64 bytes: a frame of 52 bytes of whatever was there.
@@ -749,10 +1175,55 @@ mod tests {
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
         assert_eq!(
-            tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out),
+            tx.pop_frames(
+                &mut q,
+                &GuestMap::new(&m),
+                &p,
+                NetConfig::default(),
+                64,
+                &mut out
+            ),
             0
         );
         assert_eq!(tx.stats.ring_errors, 1);
+    }
+
+    /// Rings that are not entirely in guest memory are never used: nothing is taken,
+    /// nothing written, the error is counted.
+    #[test]
+    fn rings_outside_guest_memory_are_refused() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        let f = frame(60, 1);
+        let l = put_tx(&m, 0x10_0000, NetHdr::default(), &f);
+        vq.add_desc_chains(&[desc(0x10_0000, l, 0, 0)], 0).unwrap();
+        let p = pool();
+        // Used ring ending past the end of guest memory (6 + 8 * 16 bytes needed).
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.try_set_used_ring_address(GuestAddress(0x20_0000 - 64))
+            .unwrap();
+        let mut tx = TxVirtio::default();
+        let mut out = Burst::new();
+        let map = GuestMap::new(&m);
+        assert_eq!(
+            tx.pop_frames(&mut q, &map, &p, NetConfig::default(), 64, &mut out),
+            0
+        );
+        assert_eq!(tx.stats.ring_errors, 1);
+        assert_eq!(q.next_avail(), 0);
+        // Descriptor table straddling the end.
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.try_set_desc_table_address(GuestAddress(0x20_0000 - 128))
+            .unwrap();
+        let mut rx = RxVirtio::default();
+        assert_eq!(
+            rx.push_burst(&mut q, &map, NetConfig::default(), [&f[..]]),
+            0
+        );
+        assert_eq!(rx.stats.ring_errors, 1);
+        assert!(out.is_empty());
+        drop(out);
+        assert_eq!(p.available(), 128);
     }
 
     #[test]
@@ -772,14 +1243,28 @@ mod tests {
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
         assert_eq!(
-            tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out),
+            tx.pop_frames(
+                &mut q,
+                &GuestMap::new(&m),
+                &p,
+                NetConfig::default(),
+                64,
+                &mut out
+            ),
             1
         );
         assert_eq!(q.next_avail(), 1);
         drop(out);
         let mut out = Burst::new();
         assert_eq!(
-            tx.pop_frames(&mut q, &m, &p, NetConfig::default(), 64, &mut out),
+            tx.pop_frames(
+                &mut q,
+                &GuestMap::new(&m),
+                &p,
+                NetConfig::default(),
+                64,
+                &mut out
+            ),
             1
         );
         assert_eq!(out[0].data(), &f[..]);
@@ -804,7 +1289,8 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let mut rx = RxVirtio::default();
         let f = frame(1514, 4);
-        rx.push_frame(&mut q, &m, NetConfig::default(), &f).unwrap();
+        rx.push_frame(&mut q, &GuestMap::new(&m), NetConfig::default(), &f)
+            .unwrap();
         assert_eq!(used_elem(&m, &vq, 0), (0, 1526));
         let got = read(&m, 0x10_0000, 1526);
         assert_eq!(&got[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
@@ -812,7 +1298,7 @@ mod tests {
         assert_eq!(rx.stats.packets, 1);
         // Ring now empty: next frame has no buffer and is counted.
         assert_eq!(
-            rx.push_frame(&mut q, &m, NetConfig::default(), &f),
+            rx.push_frame(&mut q, &GuestMap::new(&m), NetConfig::default(), &f),
             Err(RxError::NoBuffer)
         );
         assert_eq!(rx.stats.drop_no_buffer, 1);
@@ -827,7 +1313,8 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let mut rx = RxVirtio::default();
         let f = frame(1500, 5);
-        rx.push_frame(&mut q, &m, NetConfig::default(), &f).unwrap();
+        rx.push_frame(&mut q, &GuestMap::new(&m), NetConfig::default(), &f)
+            .unwrap();
         assert_eq!(vq.used().idx().load(), 3);
         assert_eq!(used_elem(&m, &vq, 0), (0, 600));
         assert_eq!(used_elem(&m, &vq, 1), (1, 600));
@@ -856,7 +1343,8 @@ mod tests {
         let mut q: Queue = vq.create_queue().unwrap();
         let mut rx = RxVirtio::default();
         let f = frame(60, 6);
-        rx.push_frame(&mut q, &m, NetConfig::default(), &f).unwrap();
+        rx.push_frame(&mut q, &GuestMap::new(&m), NetConfig::default(), &f)
+            .unwrap();
         let mut all = read(&m, 0x10_0000, 5);
         all.extend(read(&m, 0x11_0000, 5));
         all.extend(read(&m, 0x12_0000, 62));
@@ -877,11 +1365,12 @@ mod tests {
             mrg_rxbuf: false,
         };
         assert_eq!(
-            rx.push_frame(&mut q, &m, cfg, &frame(200, 0)),
+            rx.push_frame(&mut q, &GuestMap::new(&m), cfg, &frame(200, 0)),
             Err(RxError::TooBig)
         );
         assert_eq!(q.next_avail(), 0, "the buffer stays for the next frame");
-        rx.push_frame(&mut q, &m, cfg, &frame(60, 0)).unwrap();
+        rx.push_frame(&mut q, &GuestMap::new(&m), cfg, &frame(60, 0))
+            .unwrap();
         assert_eq!(rx.stats.drop_too_big, 1);
         assert_eq!(rx.stats.packets, 1);
     }
@@ -905,11 +1394,12 @@ mod tests {
         let f = frame(60, 1);
         for _ in 0..3 {
             assert!(matches!(
-                rx.push_frame(&mut q, &m, NetConfig::default(), &f),
+                rx.push_frame(&mut q, &GuestMap::new(&m), NetConfig::default(), &f),
                 Err(RxError::Chain(_))
             ));
         }
-        rx.push_frame(&mut q, &m, NetConfig::default(), &f).unwrap();
+        rx.push_frame(&mut q, &GuestMap::new(&m), NetConfig::default(), &f)
+            .unwrap();
         assert_eq!(rx.stats.drop_bad_chain, 3);
         assert_eq!(vq.used().idx().load(), 4);
         assert_eq!(used_elem(&m, &vq, 0), (0, 0));
@@ -918,33 +1408,76 @@ mod tests {
         assert_eq!(used_elem(&m, &vq, 3), (3, 72));
     }
 
+    fn read_eventfd(efd: &std::fs::File) -> u64 {
+        use std::io::Read;
+        let mut v = [0u8; 8];
+        match (&*efd).read(&mut v) {
+            Ok(8) => u64::from_ne_bytes(v),
+            _ => 0,
+        }
+    }
+
+    /// EVENT_IDX (VIRTIO 1.2 §2.7.10): one notification for a burst whose used entries pass
+    /// `used_event`, none for a burst that does not reach it; one eventfd write per burst.
     #[test]
     fn notify_honours_event_idx() {
         let m = mem();
         let vq = MockSplitQueue::new(&m, 16);
-        rx_chains(&vq, &[(0x10_0000, 2048), (0x11_0000, 2048)]);
+        rx_chains(&vq, &[(0x10_0000, 2048); 6]);
         let mut q: Queue = vq.create_queue().unwrap();
         // The mock lays its used ring over the avail ring's `used_event`: move it away.
         q.try_set_used_ring_address(GuestAddress(0x8000)).unwrap();
         q.set_event_idx(true);
-        // used_event (after the avail ring of 16 entries) = 1: notify when used idx passes 1.
+        let map = GuestMap::new(&m);
+        // used_event (after the avail ring of 16 entries) = 3: notify when used idx passes 3.
         let used_event = q.avail_ring() + 4 + 2 * 16;
-        m.write_obj(1u16, GuestAddress(used_event)).unwrap();
+        m.write_obj(3u16, GuestAddress(used_event)).unwrap();
         let efd = tempfile_eventfd();
         let mut rx = RxVirtio::default();
-        rx.push_frame(&mut q, &m, NetConfig::default(), &frame(60, 0))
-            .unwrap();
-        assert!(
-            !notify(&mut q, &m, Some(&efd)),
-            "used idx 1 has not passed used_event 1"
+        let f = frame(60, 0);
+        let cfg = NetConfig::default();
+        // Burst of 2: used idx 0 → 2, does not reach entry 3.
+        let since = q.next_used();
+        assert_eq!(rx.push_burst(&mut q, &map, cfg, [&f[..], &f[..]]), 2);
+        assert!(!notify(&q, &map, Some(&efd), since));
+        assert_eq!(read_eventfd(&efd), 0);
+        // Burst of 3: 2 → 5 passes entry 3: exactly one write.
+        let since = q.next_used();
+        assert_eq!(
+            rx.push_burst(&mut q, &map, cfg, [&f[..], &f[..], &f[..]]),
+            3
         );
-        rx.push_frame(&mut q, &m, NetConfig::default(), &frame(60, 0))
-            .unwrap();
-        assert!(notify(&mut q, &m, Some(&efd)));
-        let mut v = [0u8; 8];
-        use std::io::Read;
-        (&efd).read_exact(&mut v).unwrap();
-        assert_eq!(u64::from_ne_bytes(v), 1);
+        assert_eq!(used_idx(&m, &q), 5, "used index published for the burst");
+        assert!(notify(&q, &map, Some(&efd), since));
+        assert_eq!(read_eventfd(&efd), 1);
+        // Nothing new used: no notification.
+        assert!(!notify(&q, &map, Some(&efd), q.next_used()));
+    }
+
+    /// Without EVENT_IDX the `VRING_AVAIL_F_NO_INTERRUPT` flag suppresses notifications.
+    #[test]
+    fn notify_honours_no_interrupt_flag() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        rx_chains(&vq, &[(0x10_0000, 2048); 2]);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let map = GuestMap::new(&m);
+        let efd = tempfile_eventfd();
+        let mut rx = RxVirtio::default();
+        let f = frame(60, 0);
+        m.write_obj(1u16, GuestAddress(q.avail_ring())).unwrap();
+        let since = q.next_used();
+        rx.push_burst(&mut q, &map, NetConfig::default(), [&f[..]]);
+        assert!(!notify(&q, &map, Some(&efd), since));
+        m.write_obj(0u16, GuestAddress(q.avail_ring())).unwrap();
+        let since = q.next_used();
+        rx.push_burst(&mut q, &map, NetConfig::default(), [&f[..]]);
+        assert!(notify(&q, &map, Some(&efd), since));
+        assert_eq!(read_eventfd(&efd), 1);
+    }
+
+    fn used_idx(m: &GuestMem, q: &Queue) -> u16 {
+        m.read_obj::<u16>(GuestAddress(q.used_ring() + 2)).unwrap()
     }
 
     fn tempfile_eventfd() -> std::fs::File {

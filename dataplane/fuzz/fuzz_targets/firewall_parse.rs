@@ -2,7 +2,8 @@
 //!
 //! The first byte picks the side the frame arrives on (bit 0: EAST, the VM side, i.e.
 //! outbound; else WEST, inbound); the rest is the frame. The parser must not panic and
-//! its offsets must lie inside the frame; after each input the firewall's counters must
+//! its offsets must lie inside the frame; the fast parser (`fast_key`) must agree with it
+//! on every frame it takes; after each input the firewall's counters must
 //! account for every frame (passed or dropped by reason) and no frame may leak.
 #![no_main]
 
@@ -12,7 +13,8 @@ use libfuzzer_sys::fuzz_target;
 use packetgraph::bricks::firewall::{
     Firewall, FirewallConfig, Peer, PortRange, Protocol, Rule, SecurityGroup,
 };
-use packetgraph::flowtable::{FlowTableConfig, Parsed, parse_ethernet};
+use packetgraph::flowtable::parse::fast_key;
+use packetgraph::flowtable::{FlowKey, FlowTableConfig, Fragment, Parsed, parse_ethernet};
 use packetgraph::{Brick, Burst, Clock, Emit, Pool, PoolConfig, Side};
 
 struct State {
@@ -71,6 +73,14 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, frame)) = data.split_first() else {
         return;
     };
+    if let Some((key, lo, flags)) = fast_key(frame, 7) {
+        let Ok(Parsed::Ip(ip)) = parse_ethernet(frame) else {
+            panic!("fast parser took a frame the full parser rejects");
+        };
+        assert_eq!(ip.fragment, Fragment::No);
+        assert_eq!(FlowKey::new(&ip.tuple, 7), (key, lo));
+        assert_eq!(ip.tcp_flags, flags);
+    }
     if let Ok(Parsed::Ip(ip)) = parse_ethernet(frame) {
         assert!(ip.l3_offset < frame.len());
         if let Some(l4) = ip.l4_offset {

@@ -29,7 +29,16 @@
 //!   hash is seeded with a random secret per table ([`FlowTable::hash`]).
 //! - **Memory**: everything is allocated when the table is made (flow slab, hash index,
 //!   wheel, record ring); nothing is allocated per packet. A flow takes 128 bytes in the
-//!   slab plus 16 bytes of index (2 slots of 8 bytes per flow, load ≤ 50 %).
+//!   slab plus 16 bytes of index (2 slots of 8 bytes per flow, load ≤ 50 %). Slab and
+//!   index of 2 MiB or more start on a 2 MiB boundary (the slab leaves up to 2 MiB of
+//!   leading slots unused, the index up to 2 MiB of untouched memory in front) and are
+//!   advised to transparent huge pages (`MADV_HUGEPAGE`): random lookups in a large table
+//!   would otherwise miss the TLB on most packets.
+//! - **Hit path** ([`FlowTable::hit`]): one index line (the tag filters other keys), then
+//!   the flow's first cache line (key, flags, state, lifetime) and its second (last-seen,
+//!   counters). A caller handling a burst hashes every packet first and calls
+//!   [`FlowTable::prefetch_index`], then [`FlowTable::prefetch_flow`] a few packets ahead
+//!   of the lookups, so the misses of several packets overlap (as VPP's nodes do).
 //!
 //! Time comes from a [`Clock`], so tests move it by hand.
 
@@ -49,6 +58,10 @@ use crate::clock::Clock;
 use parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 const NIL: u32 = u32::MAX;
+
+/// Most index slots [`FlowTable::prefetch_flow`] looks at for a matching tag (at most
+/// half full, linear probing: a key is rarely further than that from its home slot).
+pub const PREFETCH_PROBE: usize = 4;
 
 /// Lifetimes of idle flows, by protocol and TCP state (defaults like VPP's flowtable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +232,8 @@ const F_OFFLOADED: u8 = 4;
 const F_FIN_FWD: u8 = 8;
 const F_FIN_REV: u8 = 16;
 
-/// One flow's context. 128 bytes.
+/// One flow's context. 128 bytes: the first cache line holds what a lookup compares
+/// (key, flags, state, lifetime), the second what a hit updates (last-seen, counters).
 #[repr(C, align(64))]
 #[derive(Clone)]
 pub struct Flow {
@@ -231,7 +245,6 @@ pub struct Flow {
     lifetime_ms: u32,
     prev: u32,
     next: u32,
-    pad: u32,
     armed_tick: u64,
     created_ns: u64,
     last_seen_ns: u64,
@@ -262,7 +275,6 @@ impl Flow {
             lifetime_ms: 0,
             prev: NIL,
             next: NIL,
-            pad: 0,
             armed_tick: 0,
             created_ns: 0,
             last_seen_ns: 0,
@@ -430,8 +442,10 @@ pub struct FlowTable {
     flows: Vec<Flow>,
     free: u32,
     active: u32,
-    index: Vec<u64>,
+    index: Index,
     mask: usize,
+    /// Ids from here on are wheel list sentinels (the slab's capacity).
+    sentinel_base: u32,
     /// Wheel list sentinels: `wheel_slots` slots, then the "due" list; (prev, next).
     sentinels: Vec<(u32, u32)>,
     slot_mask: u64,
@@ -480,12 +494,25 @@ impl FlowTable {
         ];
         let tick_ns = cfg.tick.as_nanos() as u64;
         let now = clock.now_ns();
+        // A slab of 2 MiB or more gets up to 2 MiB of extra slots in front, left unused,
+        // so the slots in use start on a 2 MiB boundary (see `advise_huge_pages`).
+        let flow_size = std::mem::size_of::<Flow>();
+        let big = cfg.max_flows as usize * flow_size >= HUGE_PAGE;
+        let extra = if big { HUGE_PAGE / flow_size } else { 0 };
+        let mut flows: Vec<Flow> = Vec::with_capacity(cfg.max_flows as usize + extra);
+        if big {
+            let addr = flows.as_ptr() as usize;
+            let skip = (addr.next_multiple_of(HUGE_PAGE) - addr).div_ceil(flow_size);
+            flows.resize(skip.min(extra), Flow::empty());
+        }
+        let sentinel_base = flows.capacity() as u32;
         let mut t = FlowTable {
-            flows: Vec::with_capacity(cfg.max_flows as usize),
+            flows,
             free: NIL,
             active: 0,
-            index: vec![0; index_len],
+            index: Index::new(index_len),
             mask: index_len - 1,
+            sentinel_base,
             sentinels: Vec::with_capacity(slots as usize + 1),
             slot_mask: slots as u64 - 1,
             tick_ns,
@@ -505,6 +532,12 @@ impl FlowTable {
             let id = t.sentinel_id(s);
             t.sentinels.push((id, id));
         }
+        let used = t.flows.len();
+        advise_huge_pages(
+            t.flows.as_ptr().wrapping_add(used).cast(),
+            (t.flows.capacity() - used) * flow_size,
+        );
+        advise_huge_pages(t.index.as_ptr().cast(), index_len * 8);
         Ok(t)
     }
 
@@ -536,7 +569,7 @@ impl FlowTable {
     /// Bytes reserved by the table (slab, index, wheel, record ring).
     pub fn memory_bytes(&self) -> usize {
         self.flows.capacity() * std::mem::size_of::<Flow>()
-            + self.index.capacity() * 8
+            + self.index.len() * 8
             + self.sentinels.capacity() * 8
             + self.records.capacity() * std::mem::size_of::<FlowRecord>()
     }
@@ -555,7 +588,7 @@ impl FlowTable {
     // ---- wheel lists -------------------------------------------------------------------
 
     fn sentinel_id(&self, s: u32) -> u32 {
-        self.cfg.max_flows + s
+        self.sentinel_base + s
     }
 
     fn due_list(&self) -> u32 {
@@ -564,29 +597,29 @@ impl FlowTable {
 
     #[inline]
     fn link_of(&self, i: u32) -> (u32, u32) {
-        if i < self.cfg.max_flows {
+        if i < self.sentinel_base {
             let f = &self.flows[i as usize];
             (f.prev, f.next)
         } else {
-            self.sentinels[(i - self.cfg.max_flows) as usize]
+            self.sentinels[(i - self.sentinel_base) as usize]
         }
     }
 
     #[inline]
     fn set_prev(&mut self, i: u32, v: u32) {
-        if i < self.cfg.max_flows {
+        if i < self.sentinel_base {
             self.flows[i as usize].prev = v;
         } else {
-            self.sentinels[(i - self.cfg.max_flows) as usize].0 = v;
+            self.sentinels[(i - self.sentinel_base) as usize].0 = v;
         }
     }
 
     #[inline]
     fn set_next(&mut self, i: u32, v: u32) {
-        if i < self.cfg.max_flows {
+        if i < self.sentinel_base {
             self.flows[i as usize].next = v;
         } else {
-            self.sentinels[(i - self.cfg.max_flows) as usize].1 = v;
+            self.sentinels[(i - self.sentinel_base) as usize].1 = v;
         }
     }
 
@@ -620,7 +653,7 @@ impl FlowTable {
 
     // ---- hash index --------------------------------------------------------------------
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, key: &FlowKey, h: u64) -> Option<(usize, u32)> {
         let tag = h as u32;
         let mut pos = h as usize & self.mask;
@@ -812,16 +845,29 @@ impl FlowTable {
         );
     }
 
-    /// Hints the CPU to load the flow that the index slot for `h` points to (reads that
-    /// slot: call [`FlowTable::prefetch_index`] first). No effect on results.
+    /// Hints the CPU to load the flow a lookup of hash `h` will compare first: the first
+    /// index slot of its probe sequence whose tag matches `h` (up to
+    /// [`PREFETCH_PROBE`] slots; none when an empty slot comes first: a miss). Reads the
+    /// index: call [`FlowTable::prefetch_index`] well before. No effect on results.
     #[inline]
     pub fn prefetch_flow(&self, h: u64) {
-        let s = self.index[h as usize & self.mask];
-        let i = (s as u32).wrapping_sub(1) as usize;
-        if s != 0 && i < self.flows.len() {
-            let p: *const u8 = self.flows.as_ptr().wrapping_add(i).cast();
-            prefetch(p);
-            prefetch(p.wrapping_add(64));
+        let tag = h as u32;
+        let mut pos = h as usize & self.mask;
+        for _ in 0..PREFETCH_PROBE {
+            let s = self.index[pos];
+            if s == 0 {
+                return;
+            }
+            if (s >> 32) as u32 == tag {
+                let i = (s as u32).wrapping_sub(1) as usize;
+                if i < self.flows.len() {
+                    let p: *const u8 = self.flows.as_ptr().wrapping_add(i).cast();
+                    prefetch(p);
+                    prefetch(p.wrapping_add(64));
+                }
+                return;
+            }
+            pos = (pos + 1) & self.mask;
         }
     }
 
@@ -840,15 +886,52 @@ impl FlowTable {
         let (_, i) = self.find(key, h)?;
         let f = &self.flows[i as usize];
         if f.expires_ns() <= self.now {
-            self.end(i, EndReason::Expired);
+            self.expire_found(i);
             return None;
         }
         self.counters.hit += 1;
-        let dir = if (f.flags & F_FWD_IS_LO != 0) == src_is_lo {
-            FlowDir::Forward
-        } else {
-            FlowDir::Reverse
-        };
+        Some((FlowId(i), direction(f.flags, src_is_lo)))
+    }
+
+    /// A lookup found flow `i` past its expiry (the wheel lags behind): expire it now.
+    #[cold]
+    #[inline(never)]
+    fn expire_found(&mut self, i: u32) {
+        self.end(i, EndReason::Expired);
+    }
+
+    /// [`FlowTable::lookup`] then [`FlowTable::touch`] in one call: the hit path of a
+    /// packet (key, hash and orientation as for [`FlowTable::lookup`]). Returns the flow
+    /// and the packet's direction, or `None` (nothing found, or found expired and
+    /// expired now) with nothing touched.
+    #[inline(always)]
+    pub fn hit(
+        &mut self,
+        key: &FlowKey,
+        h: u64,
+        src_is_lo: bool,
+        bytes: u32,
+        tcp_flags: u8,
+    ) -> Option<(FlowId, FlowDir)> {
+        let (_, i) = self.find(key, h)?;
+        let now = self.now;
+        let f = &mut self.flows[i as usize];
+        if f.expires_ns() <= now {
+            self.expire_found(i);
+            return None;
+        }
+        self.counters.hit += 1;
+        let dir = direction(f.flags, src_is_lo);
+        f.packets[dir as usize] += 1;
+        f.bytes[dir as usize] += bytes as u64;
+        f.last_seen_ns = now;
+        // An established flow stays so unless SYN, FIN or RST is set.
+        if f.state != TcpState::None as u8
+            && (f.state != TcpState::Established as u8
+                || tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0)
+        {
+            self.tcp_update(i, dir, tcp_flags);
+        }
         Some((FlowId(i), dir))
     }
 
@@ -863,9 +946,16 @@ impl FlowTable {
         f.packets[dir as usize] += 1;
         f.bytes[dir as usize] += bytes as u64;
         f.last_seen_ns = now;
-        if f.state == TcpState::None as u8 {
-            return;
+        if f.state != TcpState::None as u8 {
+            self.tcp_update(i, dir, tcp_flags);
         }
+    }
+
+    /// Moves the TCP state of flow `i` on with a packet's flags; a shorter lifetime
+    /// (FIN, RST) re-arms the flow in its earlier wheel slot at once.
+    #[inline(never)]
+    fn tcp_update(&mut self, i: u32, dir: FlowDir, tcp_flags: u8) {
+        let f = &mut self.flows[i as usize];
         let old = TcpState::from_u8(f.state);
         let new = next_tcp_state(old, &mut f.flags, dir, tcp_flags);
         if new != old {
@@ -919,7 +1009,8 @@ impl FlowTable {
             self.free = self.flows[i as usize].next;
             i
         } else {
-            // Never reallocates: capacity is max_flows and active < max_flows here.
+            // Never reallocates: the capacity is max_flows plus the unused leading slots,
+            // and active < max_flows here.
             self.flows.push(Flow::empty());
             (self.flows.len() - 1) as u32
         };
@@ -1049,6 +1140,98 @@ impl FlowTable {
     /// Unread records, oldest first.
     pub fn records(&self) -> impl Iterator<Item = &FlowRecord> + '_ {
         self.records.iter()
+    }
+}
+
+/// Asks the kernel to back the `len` bytes at `p` (an allocation of ours, not touched
+/// yet) with transparent huge pages (Linux `madvise(MADV_HUGEPAGE)`, honoured when
+/// `/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`). The flow slab
+/// and the index are read at random places: with 4 KiB pages a table of 100k flows spans
+/// more pages than the TLB holds, and every miss is a page walk (two-dimensional under a
+/// hypervisor). Best effort: nothing happens elsewhere or on error; below 2 MiB it is
+/// not worth a call.
+fn advise_huge_pages(p: *const u8, len: usize) {
+    if len < HUGE_PAGE {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (p as usize).next_multiple_of(PAGE);
+        let end = (p as usize + len) & !(PAGE - 1);
+        if end > start {
+            // SAFETY: the range lies inside one live allocation of ours (rounded inwards
+            // to whole pages); MADV_HUGEPAGE only changes how the kernel backs those
+            // pages, never their contents or their mapping's validity.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = p;
+}
+
+/// The direction of a packet whose source is the key's low endpoint (`src_is_lo`) in a
+/// flow with `flags`.
+#[inline(always)]
+fn direction(flags: u8, src_is_lo: bool) -> FlowDir {
+    if (flags & F_FWD_IS_LO != 0) == src_is_lo {
+        FlowDir::Forward
+    } else {
+        FlowDir::Reverse
+    }
+}
+
+/// The size of an x86-64 huge page (2 MiB).
+const HUGE_PAGE: usize = 2 << 20;
+
+/// The hash index: `len` zeroed 8-byte slots that start on a 2 MiB boundary when they
+/// take 2 MiB or more (so huge pages can back all of them), inside a vector 2 MiB longer
+/// whose unused head is never touched (calloc'd memory: it costs no resident memory).
+struct Index {
+    buf: Vec<u64>,
+    off: usize,
+    len: usize,
+}
+
+impl Index {
+    fn new(len: usize) -> Index {
+        if len * 8 < HUGE_PAGE {
+            return Index {
+                buf: vec![0; len],
+                off: 0,
+                len,
+            };
+        }
+        let buf = vec![0u64; len + HUGE_PAGE / 8];
+        let addr = buf.as_ptr() as usize;
+        let off = (addr.next_multiple_of(HUGE_PAGE) - addr) / 8;
+        Index { buf, off, len }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_ptr(&self) -> *const u64 {
+        self.buf.as_ptr().wrapping_add(self.off)
+    }
+}
+
+impl std::ops::Index<usize> for Index {
+    type Output = u64;
+
+    #[inline(always)]
+    fn index(&self, pos: usize) -> &u64 {
+        &self.buf[self.off + pos]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Index {
+    #[inline(always)]
+    fn index_mut(&mut self, pos: usize) -> &mut u64 {
+        &mut self.buf[self.off + pos]
     }
 }
 

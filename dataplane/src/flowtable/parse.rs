@@ -14,7 +14,9 @@
 //! Trailing bytes after the IP datagram (Ethernet padding) are ignored. L4 checksums are
 //! not checked (a firewall forwards, it does not terminate).
 
-use super::key::{FiveTuple, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, mapped_v4};
+use super::key::{
+    FiveTuple, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, mapped_v4,
+};
 
 /// Ethertype of IPv4 (IEEE 802 numbers).
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -172,6 +174,100 @@ pub fn parse_ethernet(frame: &[u8]) -> Result<Parsed, ParseError> {
     }
 }
 
+/// What [`fast_key`] reads from a packet: its flow key (zone included), whether its
+/// source is the key's low endpoint, and its TCP flags (0 for UDP).
+pub type FastKey = (FlowKey, bool, u8);
+
+/// The flow key of the commonest packets in one short pass, for a hit path that must not
+/// pay for the general parser: untagged Ethernet, then IPv4 without options or IPv6
+/// without extension headers, not a fragment, TCP or UDP. The checks are those of
+/// [`parse_ethernet`] (IPv4 version, total length, header checksum, fragment fields;
+/// IPv6 version and payload length; TCP data offset, L4 lengths).
+///
+/// `None` for every other frame (VLAN tags, IPv4 options, extension headers, fragments,
+/// ICMP, other protocols, malformed or short frames): those need [`parse_ethernet`].
+/// For every frame where this returns `Some((key, lo, flags))`, [`parse_ethernet`]
+/// returns an unfragmented TCP/UDP [`ParsedIp`] `p` with
+/// `FlowKey::new(&p.tuple, zone) == (key, lo)` and `p.tcp_flags == flags` (a unit test
+/// and the fuzz target check it).
+#[inline(always)]
+pub fn fast_key(frame: &[u8], zone: u32) -> Option<FastKey> {
+    // The TCP data offset and flags bytes (frame bytes 12 and 13 of the L4 header), when
+    // the frame is long enough; a TCP header shorter than that fails `fast_l4` anyway.
+    let tcp_bytes = |at: usize| match frame.get(at..at + 2) {
+        Some(&[doff, flags]) => (doff, flags),
+        _ => (0, 0),
+    };
+    // Ethernet + IPv4 + UDP: 42 bytes.
+    let h = frame.first_chunk::<42>()?;
+    let ethertype = u16::from_be_bytes([h[12], h[13]]);
+    if ethertype == ETHERTYPE_IPV4 {
+        // RFC 791 §3.1: version 4 and IHL 5 (no options) in one byte.
+        if h[14] != 0x45 {
+            return None;
+        }
+        let total = u16::from_be_bytes([h[16], h[17]]) as usize;
+        // Not a fragment: MF clear and offset 0 (DF and the reserved bit do not matter).
+        if total < 20 || total > frame.len() - 14 || h[20] & 0x3f != 0 || h[21] != 0 {
+            return None;
+        }
+        let ip: &[u8; 20] = h[14..34].try_into().ok()?;
+        if !ipv4_checksum_ok_20(ip) {
+            return None;
+        }
+        let proto = h[23];
+        let (doff, flags) = tcp_bytes(46);
+        let flags = fast_l4(proto, total - 20, doff, flags)?;
+        let (k, lo) = FlowKey::v4(
+            [h[26], h[27], h[28], h[29]],
+            [h[30], h[31], h[32], h[33]],
+            u16::from_be_bytes([h[34], h[35]]),
+            u16::from_be_bytes([h[36], h[37]]),
+            proto,
+            zone,
+        );
+        Some((k, lo, flags))
+    } else if ethertype == ETHERTYPE_IPV6 {
+        // Ethernet + IPv6 + UDP: 62 bytes.
+        let h = frame.first_chunk::<62>()?;
+        // RFC 8200 §3: version 6; a zero payload length goes to the full parser.
+        let payload = u16::from_be_bytes([h[18], h[19]]) as usize;
+        if h[14] >> 4 != 6 || payload == 0 || 40 + payload > frame.len() - 14 {
+            return None;
+        }
+        let proto = h[20];
+        let (doff, flags) = tcp_bytes(66);
+        let flags = fast_l4(proto, payload, doff, flags)?;
+        let src: [u8; 16] = h[22..38].try_into().ok()?;
+        let dst: [u8; 16] = h[38..54].try_into().ok()?;
+        let (k, lo) = FlowKey::v6(
+            src,
+            dst,
+            u16::from_be_bytes([h[54], h[55]]),
+            u16::from_be_bytes([h[56], h[57]]),
+            proto,
+            zone,
+        );
+        Some((k, lo, flags))
+    } else {
+        None
+    }
+}
+
+/// The L4 checks of [`fast_key`] for a TCP or UDP header of `l4_len` bytes whose TCP
+/// bytes 12 (data offset) and 13 (flags) are given: the TCP flags (0 for UDP), or `None`.
+#[inline(always)]
+fn fast_l4(proto: u8, l4_len: usize, doff_byte: u8, flags: u8) -> Option<u8> {
+    match proto {
+        IPPROTO_TCP => {
+            let doff = (doff_byte >> 4) as usize * 4;
+            (l4_len >= 20 && doff >= 20 && doff <= l4_len).then_some(flags)
+        }
+        IPPROTO_UDP => (l4_len >= 8).then_some(0),
+        _ => None,
+    }
+}
+
 /// The Internet checksum (RFC 1071) of `b`; 0 when a header including its checksum field
 /// is intact.
 fn internet_checksum(b: &[u8]) -> u16 {
@@ -201,6 +297,20 @@ fn ipv4_checksum_ok(h: &[u8]) -> bool {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
+    sum == 0xffff
+}
+
+/// [`ipv4_checksum_ok`] for a header without options (20 bytes), without a loop: the
+/// five 32-bit words summed, folded once to 32 bits and three times to 16 (enough for any
+/// sum of five words), compared with 0xffff.
+#[inline(always)]
+fn ipv4_checksum_ok_20(h: &[u8; 20]) -> bool {
+    let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
+    let mut sum = w(0) + w(4) + w(8) + w(12) + w(16);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
     sum == 0xffff
 }
 
@@ -599,6 +709,75 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The fast parser's promise: on every frame it takes, the full parser agrees
+    /// (unfragmented TCP/UDP, same key, orientation and flags); and it takes the common
+    /// frames. Checked on built frames, on every truncation of them and on single-byte
+    /// corruptions of every header byte.
+    #[test]
+    fn fast_key_agrees_with_the_full_parser() {
+        fn agrees(f: &[u8]) -> bool {
+            let Some((key, lo, flags)) = fast_key(f, 9) else {
+                return false;
+            };
+            let Ok(Parsed::Ip(p)) = parse_ethernet(f) else {
+                panic!("fast parser took a frame the full parser rejects: {f:02x?}");
+            };
+            assert_eq!(p.fragment, Fragment::No, "{f:02x?}");
+            assert!(matches!(p.tuple.proto, IPPROTO_TCP | IPPROTO_UDP));
+            assert_eq!(FlowKey::new(&p.tuple, 9), (key, lo), "{f:02x?}");
+            assert_eq!(p.tcp_flags, flags, "{f:02x?}");
+            true
+        }
+        let mut frames = Vec::new();
+        for (s, d) in [
+            ("10.0.0.1", "10.0.0.2"),
+            ("10.0.0.9", "10.0.0.2"),
+            ("fd00::1", "fd00::2"),
+            ("fd00::9", "fd00::2"),
+        ] {
+            for proto in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, 47] {
+                for (sp, dp) in [(1000, 80), (80, 1000), (80, 80)] {
+                    for payload in [0, 6, 30] {
+                        frames.push(frame(
+                            ip(s),
+                            ip(d),
+                            proto,
+                            sp,
+                            dp,
+                            TCP_SYN | TCP_ACK,
+                            8,
+                            payload,
+                        ));
+                    }
+                }
+            }
+        }
+        let mut taken = 0;
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        for f in &frames {
+            let common = matches!(f[23], IPPROTO_TCP | IPPROTO_UDP) && f[12..14] == [8, 0]
+                || matches!(f[20], IPPROTO_TCP | IPPROTO_UDP) && f[12..14] == [0x86, 0xdd];
+            assert_eq!(agrees(f), common, "{f:02x?}");
+            for n in 0..f.len() {
+                taken += agrees(&f[..n]) as usize;
+            }
+            for at in 0..f.len().min(80) {
+                for _ in 0..8 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let mut g = f.clone();
+                    g[at] ^= 1 << (rng % 8);
+                    taken += agrees(&g) as usize;
+                }
+            }
+        }
+        assert!(
+            taken > 1000,
+            "corrupted frames the fast parser still takes: {taken}"
+        );
+    }
+
     #[test]
     fn parses_tcp_v4_and_matches_etherparse() {
         let f = frame(ip("10.0.0.1"), ip("10.0.0.2"), 6, 1234, 80, TCP_SYN, 0, 10);
@@ -707,6 +886,9 @@ mod tests {
 
     #[test]
     fn checksum_in_32_bit_words_agrees_with_rfc_1071() {
+        // Edge sums: all zero (sum 0: not valid), all ones (valid).
+        assert!(!ipv4_checksum_ok_20(&[0; 20]) && !ipv4_checksum_ok(&[0; 20]));
+        assert!(ipv4_checksum_ok_20(&[0xff; 20]) && ipv4_checksum_ok(&[0xff; 20]));
         let mut s = 0x1234_5678u32;
         for _ in 0..2000 {
             let mut h = [0u8; 24];
@@ -722,8 +904,12 @@ mod tests {
             h[10..12].copy_from_slice(&c.to_be_bytes());
             assert!(ipv4_checksum_ok(&h[..n]));
             assert_eq!(internet_checksum(&h[..n]), 0);
+            let h20: &[u8; 20] = h[..20].try_into().unwrap();
+            assert_eq!(ipv4_checksum_ok_20(h20), internet_checksum(&h[..20]) == 0);
             h[(s as usize >> 8) % n] ^= 0x10;
             assert_eq!(ipv4_checksum_ok(&h[..n]), internet_checksum(&h[..n]) == 0);
+            let h20: &[u8; 20] = h[..20].try_into().unwrap();
+            assert_eq!(ipv4_checksum_ok_20(h20), ipv4_checksum_ok(&h[..20]));
         }
     }
 

@@ -356,3 +356,225 @@ fn bad_config_is_rejected() {
     };
     assert!(FlowTable::new(bad, c).is_err());
 }
+
+/// `hit` (the fast path's lookup + touch with the established-ACK shortcut) leaves a
+/// table exactly as `lookup` then `touch` do: two tables fed the same random TCP and UDP
+/// packets (random flags, both directions, clock moving) end with the same flows,
+/// counters and records.
+#[test]
+fn hit_matches_lookup_then_touch() {
+    let mut s = 0x0bad_cafe_f00d_1234u64;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let (mut a, ca) = table(64, FullPolicy::EvictOldest);
+    let (mut b, cb) = table(64, FullPolicy::EvictOldest);
+    let flags = [
+        TCP_SYN,
+        TCP_SYN | TCP_ACK,
+        TCP_ACK,
+        TCP_ACK,
+        TCP_ACK,
+        TCP_ACK | TCP_FIN,
+        TCP_RST,
+        0x18, // PSH + ACK
+    ];
+    for step in 0..20_000 {
+        let i = (rnd() % 80) as u32;
+        let mut t = if i.is_multiple_of(2) {
+            udp(i)
+        } else {
+            FiveTuple::new(
+                IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)),
+                "10.255.0.1".parse().unwrap(),
+                IPPROTO_TCP,
+                1000,
+                80,
+            )
+        };
+        if rnd() % 2 == 0 {
+            t = t.reversed();
+        }
+        let fl = if t.proto == IPPROTO_TCP {
+            flags[(rnd() % flags.len() as u64) as usize]
+        } else {
+            0
+        };
+        let len = (rnd() % 1500) as u32;
+        let (k, lo) = FlowKey::new(&t, 7);
+        let (ha, hb) = (a.hash(&k), b.hash(&k));
+        let ra = a.hit(&k, ha, lo, len, fl);
+        let rb = b.lookup(&k, hb, lo);
+        if let Some((id, dir)) = rb {
+            b.touch(id, dir, len, fl);
+        }
+        assert_eq!(ra, rb, "step {step}");
+        if ra.is_none() {
+            let x = a.create(&k, ha, lo, len, fl, 0).map(|i| i.0);
+            let y = b.create(&k, hb, lo, len, fl, 0).map(|i| i.0);
+            assert_eq!(x, y);
+        }
+        if rnd() % 16 == 0 {
+            let d = Duration::from_millis(rnd() % 20_000);
+            ca.advance(d);
+            cb.advance(d);
+            a.advance();
+            b.advance();
+        }
+    }
+    assert_eq!(a.counters(), b.counters());
+    assert!(a.counters().expired > 0 && a.counters().evicted > 0);
+    let flows = |t: &FlowTable| {
+        t.iter()
+            .map(|(id, f)| {
+                (
+                    id,
+                    f.forward_tuple(),
+                    f.tcp_state(),
+                    f.lifetime(),
+                    f.last_seen_ns(),
+                    [f.packets(FlowDir::Forward), f.packets(FlowDir::Reverse)],
+                    [f.bytes(FlowDir::Forward), f.bytes(FlowDir::Reverse)],
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(flows(&a), flows(&b));
+    assert!(a.records().eq(b.records()));
+}
+
+/// Lazy re-arm: a packet only moves `last_seen`; when the flow's first slot comes round
+/// the wheel re-arms it at its true expiry instead of expiring it, and it expires one
+/// lifetime after its last packet.
+#[test]
+fn busy_flow_is_re_armed_lazily_and_expires_after_its_last_packet() {
+    let (mut ft, clock) = table(16, FullPolicy::RefuseNew);
+    let t = udp(9);
+    let id = packet(&mut ft, &t, 1, 0).unwrap();
+    clock.advance(Duration::from_secs(50));
+    ft.advance();
+    packet(&mut ft, &t.reversed(), 1, 0).unwrap();
+    assert_eq!(ft.get(id).unwrap().expires_ns(), 110_000_000_000);
+    // Its first slot (60 s) passes: re-armed, not expired.
+    clock.advance(Duration::from_secs(11));
+    ft.advance();
+    assert_eq!(ft.len(), 1);
+    assert_eq!(ft.counters().expired, 0);
+    // Just before 110 s it is still there; one tick after, gone.
+    clock.advance(Duration::from_secs(48));
+    ft.advance();
+    assert_eq!(ft.len(), 1);
+    clock.advance(Duration::from_secs(2));
+    ft.advance();
+    assert_eq!(ft.len(), 0);
+    let r = ft.pop_record().unwrap();
+    assert_eq!(
+        (r.reason, r.last_seen_ns),
+        (EndReason::Expired, 50_000_000_000)
+    );
+    assert_eq!(r.packets, [1, 1]);
+}
+
+/// The word-built keys of the fast parser equal the keys built from a 5-tuple, and the
+/// hash spreads IPv4 keys that differ in one address byte or one port over the index.
+#[test]
+fn v4_and_v6_keys_match_new_and_hash_spreads() {
+    let t4 = FiveTuple::new(
+        "192.0.2.7".parse().unwrap(),
+        "10.1.2.3".parse().unwrap(),
+        IPPROTO_TCP,
+        443,
+        50000,
+    );
+    for t in [t4, t4.reversed()] {
+        let (s, d) = (t.src_ip(), t.dst_ip());
+        let (IpAddr::V4(s), IpAddr::V4(d)) = (s, d) else {
+            unreachable!()
+        };
+        let k = FlowKey::v4(s.octets(), d.octets(), t.sport, t.dport, t.proto, 3);
+        assert_eq!(k, FlowKey::new(&t, 3));
+    }
+    let t6 = FiveTuple::new(
+        "fd00::7".parse().unwrap(),
+        "fd00::1:3".parse().unwrap(),
+        IPPROTO_UDP,
+        53,
+        53,
+    );
+    for t in [t6, t6.reversed()] {
+        assert_eq!(
+            FlowKey::v6(t.src, t.dst, t.sport, t.dport, t.proto, 3),
+            FlowKey::new(&t, 3)
+        );
+    }
+    // 2^16 keys differing in the low address bytes, then 2^16 differing in a port, into
+    // the low 17 bits of their hashes (a 128k-slot index): a uniform hash gives about
+    // 2^17 (1 - e^-1/2) = 51,600 distinct slots (79 % of the keys); ask for 60 %.
+    let seed = 0x1234_5678;
+    for vary_port in [false, true] {
+        let mut seen = vec![false; 1 << 17];
+        for i in 0..1u32 << 16 {
+            let (a, p) = if vary_port {
+                (0xc000_0207, i as u16)
+            } else {
+                (0xc000_0000 | i, 443)
+            };
+            let (k, _) = FlowKey::v4(a.to_be_bytes(), [10, 1, 2, 3], p, 80, IPPROTO_TCP, 0);
+            seen[(k.hash_seeded(seed) & ((1 << 17) - 1)) as usize] = true;
+        }
+        let filled = seen.iter().filter(|&&x| x).count();
+        assert!(
+            filled as f64 > 0.6 * (1 << 16) as f64,
+            "{filled} slots of 2^17 for 2^16 keys"
+        );
+    }
+}
+
+/// A table big enough for its slab and index to be laid out for huge pages (unused
+/// leading slab slots, an index starting on a 2 MiB boundary) works like a small one:
+/// flows are found, the wheel expires them, the full table evicts, ids stay valid.
+#[test]
+fn large_table_laid_out_for_huge_pages_works() {
+    let max = 1 << 17;
+    let (mut ft, clock) = table(max, FullPolicy::EvictOldest);
+    assert!(ft.memory_bytes() >= max as usize * 144);
+    let mut ids = Vec::new();
+    for i in 0..3000 {
+        ids.push(packet(&mut ft, &udp(i), 10, 0).unwrap());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            packet(&mut ft, &udp(i as u32).reversed(), 5, 0).unwrap(),
+            *id
+        );
+        assert_eq!(ft.get(*id).unwrap().packets(FlowDir::Reverse), 1);
+    }
+    assert_eq!(ft.iter().count(), 3000);
+    clock.advance(Duration::from_secs(30));
+    ft.advance();
+    // Half of them stay busy; the others expire at 60 s.
+    for i in 0..1500 {
+        packet(&mut ft, &udp(i), 1, 0).unwrap();
+    }
+    clock.advance(Duration::from_secs(31));
+    while ft.len() > 1500 {
+        ft.advance();
+    }
+    assert_eq!(ft.counters().expired, 1500);
+    for i in 0..1500 {
+        assert_eq!(ft.find_tuple(&udp(i), 7), Some(ids[i as usize]));
+    }
+    // Fill it: the oldest-expiring flows are evicted, the table stays at max.
+    let mut n = 3000;
+    while ft.len() < max as usize {
+        packet(&mut ft, &udp(n), 1, 0).unwrap();
+        n += 1;
+    }
+    packet(&mut ft, &udp(n), 1, 0).unwrap();
+    assert_eq!(ft.len(), max as usize);
+    assert_eq!(ft.counters().evicted, 1);
+    assert_eq!(ft.iter().count(), max as usize);
+}
