@@ -155,6 +155,53 @@ impl Burst {
     }
 }
 
+/// Prefetches packet headers a fixed distance ahead while a brick walks a burst in order
+/// (as DPDK's examples do with `rte_prefetch0` on packet `i + PREFETCH_OFFSET`).
+///
+/// Take it before draining the burst: it records where each packet's data starts, starts
+/// loading the first [`HeaderPrefetch::DISTANCE`] packets' headers, and [`Self::ahead`]
+/// called for packet `i` starts loading packet `i + DISTANCE`. Frames are often last
+/// written by another core (the kernel's copy into the UMEM, a vhost copy), so the first
+/// touch of a header is a cache miss; this overlaps those misses.
+pub struct HeaderPrefetch {
+    heads: [*const u8; BURST_SIZE],
+    n: usize,
+}
+
+impl HeaderPrefetch {
+    /// How many packets ahead the headers are loaded.
+    pub const DISTANCE: usize = 4;
+
+    /// Records the burst's packet addresses and prefetches the first ones.
+    #[inline]
+    pub fn new(b: &Burst) -> HeaderPrefetch {
+        let mut heads = [std::ptr::null(); BURST_SIZE];
+        for (h, p) in heads.iter_mut().zip(b.iter()) {
+            *h = p.data().as_ptr();
+        }
+        let hp = HeaderPrefetch { heads, n: b.len() };
+        for &h in &hp.heads[..hp.n.min(Self::DISTANCE)] {
+            Self::load(h);
+        }
+        hp
+    }
+
+    /// Called when the brick starts on packet `i`: prefetches packet `i + DISTANCE`.
+    #[inline(always)]
+    pub fn ahead(&self, i: usize) {
+        if let Some(&h) = self.heads[..self.n].get(i + Self::DISTANCE) {
+            Self::load(h);
+        }
+    }
+
+    /// The first two cache lines (128 bytes) of a packet's data.
+    #[inline(always)]
+    fn load(h: *const u8) {
+        crate::prefetch::prefetch(h);
+        crate::prefetch::prefetch(h.wrapping_add(64));
+    }
+}
+
 /// Returns every packet's frame to its pool, one lock per run of same-pool packets.
 fn release_all(pkts: &mut ArrayVec<Packet, BURST_SIZE>) {
     if pkts.is_empty() {
@@ -241,6 +288,30 @@ impl std::fmt::Debug for Burst {
 mod tests {
     use super::*;
     use crate::packet::{Pool, PoolConfig};
+
+    #[test]
+    fn header_prefetch_accepts_any_burst_length_and_index() {
+        let pool = Pool::new(PoolConfig {
+            frame_count: 64,
+            ..Default::default()
+        })
+        .unwrap();
+        for n in [0, 1, HeaderPrefetch::DISTANCE, BURST_SIZE] {
+            let mut b = Burst::new();
+            for _ in 0..n {
+                b.push(pool.packet_from(&[0u8; 60]).unwrap()).unwrap();
+            }
+            let hp = HeaderPrefetch::new(&b);
+            // Indices past the burst (a brick's loop over a shorter burst, or a bug) are
+            // ignored: a prefetch is a hint and must never index out of bounds.
+            for i in 0..BURST_SIZE + 8 {
+                hp.ahead(i);
+            }
+            assert_eq!(b.len(), n);
+            drop(b);
+            assert_eq!(pool.available(), 64);
+        }
+    }
 
     #[test]
     fn drop_returns_all_frames_of_two_pools() {

@@ -29,11 +29,12 @@ pub mod error;
 pub mod flowtable;
 pub mod graph;
 pub mod packet;
+pub mod prefetch;
 pub mod wire;
 pub mod worker;
 
 pub use brick::{Brick, BrickStats, Dest, Emit, Poles, Side, SideStats};
-pub use burst::{BURST_SIZE, Burst};
+pub use burst::{BURST_SIZE, Burst, HeaderPrefetch};
 pub use clock::Clock;
 pub use error::{BrickError, GraphError, PoolError};
 pub use graph::{BrickReport, Graph};

@@ -523,6 +523,30 @@ impl Steering {
 pub struct LoadGen {
     ebpf: Ebpf,
     sink: Option<XdpLinkId>,
+    match_sink: Option<XdpLinkId>,
+}
+
+/// What the matching sink ([`LoadGen::attach_match_sink`]) counts and drops: IPv4/UDP
+/// frames (no IP options) to `udp_port`, and, when set, to `dst` and carrying VXLAN
+/// (I flag set, RFC 7348 §5) with VNI `vni`. Other frames are counted apart and passed
+/// to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkMatch {
+    /// UDP destination port.
+    pub udp_port: u16,
+    /// IPv4 destination, or any.
+    pub dst: Option<std::net::Ipv4Addr>,
+    /// VXLAN VNI (0..=2^24−1), or do not look at a VXLAN header.
+    pub vni: Option<u32>,
+}
+
+/// Counts of the matching sink, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// Frames that matched the [`SinkMatch`] (dropped).
+    pub matched: u64,
+    /// Frames that did not (passed to the kernel).
+    pub other: u64,
 }
 
 impl LoadGen {
@@ -532,7 +556,11 @@ impl LoadGen {
     /// [`SteerError::Load`].
     pub fn load() -> Result<LoadGen, SteerError> {
         let mut ebpf = Ebpf::load(LOADGEN_OBJECT).map_err(|e| SteerError::Load(e.to_string()))?;
-        for name in ["butterfly_loadgen", "butterfly_sink"] {
+        for name in [
+            "butterfly_loadgen",
+            "butterfly_sink",
+            "butterfly_sink_match",
+        ] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| SteerError::Load(format!("no program {name}")))?
@@ -540,7 +568,11 @@ impl LoadGen {
                 .map_err(|e: aya::programs::ProgramError| SteerError::Load(e.to_string()))?;
             p.load().map_err(|e| SteerError::Load(format!("{e:?}")))?;
         }
-        Ok(LoadGen { ebpf, sink: None })
+        Ok(LoadGen {
+            ebpf,
+            sink: None,
+            match_sink: None,
+        })
     }
 
     /// Attaches the counting sink (native mode) to `ifname`; detached on drop.
@@ -564,6 +596,64 @@ impl LoadGen {
             })?;
         self.sink = Some(link);
         Ok(())
+    }
+
+    /// Attaches the matching sink (native mode) to `ifname`, counting and dropping what
+    /// matches `m` and passing the rest to the kernel; detached on drop.
+    ///
+    /// # Errors
+    /// [`SteerError::Invalid`] for a VNI above 2^24−1, [`SteerError::Map`],
+    /// [`SteerError::NoInterface`], [`SteerError::Attach`].
+    pub fn attach_match_sink(&mut self, ifname: &str, m: SinkMatch) -> Result<(), SteerError> {
+        if m.vni.is_some_and(|v| v > 0x00ff_ffff) {
+            return Err(SteerError::Invalid(format!("VNI {:?} above 2^24-1", m.vni)));
+        }
+        {
+            let mut cfg: Array<&mut MapData, u32> =
+                Array::try_from(self.ebpf.map_mut("match_config").expect("map in object"))
+                    .map_err(map_err("match_config"))?;
+            let values = [
+                u32::from(m.udp_port),
+                m.vni.map_or(0, |v| v + 1),
+                m.dst.map_or(0, |a| u32::from_ne_bytes(a.octets())),
+            ];
+            for (i, v) in values.into_iter().enumerate() {
+                cfg.set(i as u32, v, 0).map_err(map_err("match_config"))?;
+            }
+        }
+        let idx = ifindex(ifname)?;
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut("butterfly_sink_match")
+            .expect("loaded")
+            .try_into()
+            .expect("loaded");
+        let link = p
+            .attach_to_if_index(idx, XdpMode::Driver)
+            .map_err(|e| SteerError::Attach {
+                ifname: ifname.to_string(),
+                mode: "native",
+                reason: explain_attach(&e),
+            })?;
+        self.match_sink = Some(link);
+        Ok(())
+    }
+
+    /// What the matching sink counted so far, summed over CPUs.
+    ///
+    /// # Errors
+    /// [`SteerError::Map`].
+    pub fn match_counts(&self) -> Result<SinkCounts, SteerError> {
+        let m: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map("match_count").expect("map in object"))
+                .map_err(map_err("match_count"))?;
+        let sum = |i: u32| -> Result<u64, SteerError> {
+            Ok(m.get(&i, 0).map_err(map_err("match_count"))?.iter().sum())
+        };
+        Ok(SinkCounts {
+            matched: sum(0)?,
+            other: sum(1)?,
+        })
     }
 
     /// Frames the sink dropped so far, summed over CPUs.
@@ -644,6 +734,15 @@ fn explain_attach(e: &aya::programs::ProgramError) -> String {
 
 impl Drop for LoadGen {
     fn drop(&mut self) {
+        if let Some(link) = self.match_sink.take() {
+            let p: &mut Xdp = self
+                .ebpf
+                .program_mut("butterfly_sink_match")
+                .expect("loaded")
+                .try_into()
+                .expect("loaded");
+            let _ = p.detach(link);
+        }
         if let Some(link) = self.sink.take() {
             let p: &mut Xdp = self
                 .ebpf

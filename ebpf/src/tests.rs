@@ -315,3 +315,79 @@ fn random_frames_never_break_the_program() {
         assert_eq!(d.steered + d.passed + d.malformed + d.no_socket, 1);
     }
 }
+
+/// Runs the matching sink configured with `m` on `frame`; returns the XDP action.
+fn sink_match_run(lg: &mut LoadGen, m: SinkMatch, frame: &[u8]) -> u32 {
+    let mut cfg: Array<&mut MapData, u32> =
+        Array::try_from(lg.ebpf.map_mut("match_config").unwrap()).unwrap();
+    cfg.set(0, u32::from(m.udp_port), 0).unwrap();
+    cfg.set(1, m.vni.map_or(0, |v| v + 1), 0).unwrap();
+    cfg.set(2, m.dst.map_or(0, |a| u32::from_ne_bytes(a.octets())), 0)
+        .unwrap();
+    let xdp: &Xdp = lg
+        .ebpf
+        .program("butterfly_sink_match")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut out = vec![0u8; frame.len() + 512];
+    xdp.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..TestRunOptions::new()
+    })
+    .unwrap()
+    .return_value
+}
+
+#[test]
+fn match_sink_drops_and_counts_only_the_configured_vxlan_or_udp() {
+    let mut lg = LoadGen::load()
+        .unwrap_or_else(|e| panic!("{e}: this test needs root (CAP_BPF) to load programs"));
+    let vx = SinkMatch {
+        udp_port: VXLAN_PORT,
+        dst: Some(OUR_V4.into()),
+        vni: Some(42),
+    };
+    let frame = |dst, dport| [eth(0x0800, None), ipv4(dst, 17, &[], &udp_vxlan(dport))].concat();
+    use action::{XDP_DROP, XDP_PASS};
+    assert_eq!(sink_match_run(&mut lg, vx, &frame(OUR_V4, 4789)), XDP_DROP);
+    assert_eq!(
+        sink_match_run(&mut lg, vx, &frame(OTHER_V4, 4789)),
+        XDP_PASS
+    );
+    assert_eq!(sink_match_run(&mut lg, vx, &frame(OUR_V4, 4790)), XDP_PASS);
+    let other_vni = SinkMatch { vni: Some(7), ..vx };
+    assert_eq!(
+        sink_match_run(&mut lg, other_vni, &frame(OUR_V4, 4789)),
+        XDP_PASS
+    );
+    let any_udp = SinkMatch {
+        udp_port: 4789,
+        dst: None,
+        vni: None,
+    };
+    assert_eq!(
+        sink_match_run(&mut lg, any_udp, &frame(OTHER_V4, 4789)),
+        XDP_DROP
+    );
+    // ARP, IPv4 options, truncated: passed.
+    assert_eq!(sink_match_run(&mut lg, vx, &eth(0x0806, None)), XDP_PASS);
+    let opts = [
+        eth(0x0800, None),
+        ipv4(OUR_V4, 17, &[1, 1, 1, 1], &udp_vxlan(4789)),
+    ]
+    .concat();
+    assert_eq!(sink_match_run(&mut lg, vx, &opts), XDP_PASS);
+    assert_eq!(
+        sink_match_run(&mut lg, vx, &frame(OUR_V4, 4789)[..40]),
+        XDP_PASS
+    );
+    assert_eq!(
+        lg.match_counts().unwrap(),
+        SinkCounts {
+            matched: 2,
+            other: 6
+        }
+    );
+}

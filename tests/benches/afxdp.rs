@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use butterfly_ebpf::{AttachMode, LoadGen, Steering, Variant};
+use butterfly_tests::cpu::pin_current_thread as pin;
+use butterfly_tests::xdpgen::{Generator, install_stop_signal};
 use packetgraph::bricks::Nic;
 use packetgraph::bricks::nic::afxdp::{AfXdp, AfXdpConfig};
 use packetgraph::{
@@ -52,12 +54,6 @@ fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn pin(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
-}
-
 /// The namespace of the run, deleted on drop.
 struct Ns(String);
 
@@ -81,60 +77,6 @@ fn vxlan_frame(dst_mac: [u8; 6]) -> Vec<u8> {
         .unwrap();
     assert_eq!(f.len(), 64);
     f
-}
-
-extern "C" fn on_sigusr1(_: libc::c_int) {}
-
-/// Runs the generator on CPU 0 until `stop`; the long BPF_PROG_TEST_RUN call is cut short
-/// by SIGUSR1 (EINTR).
-struct Generator {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    tid: Arc<AtomicU64>,
-}
-
-impl Generator {
-    fn start(gen_if: u32, frame: Vec<u8>) -> Generator {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tid = Arc::new(AtomicU64::new(0));
-        let (s2, t2) = (stop.clone(), tid.clone());
-        let thread = std::thread::spawn(move || {
-            pin(GEN_CPU);
-            // SAFETY: pthread_self has no preconditions.
-            t2.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
-            let lg = LoadGen::load().expect("load the generator");
-            while !s2.load(Ordering::Acquire) {
-                let _ = lg.run(gen_if, &frame, 200_000_000, 256);
-            }
-        });
-        while tid.load(Ordering::Acquire) == 0 {
-            std::thread::yield_now();
-        }
-        Generator {
-            stop,
-            thread: Some(thread),
-            tid,
-        }
-    }
-}
-
-impl Drop for Generator {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            while !t.is_finished() {
-                // SAFETY: the thread is alive (not finished); SIGUSR1 has a no-op handler.
-                unsafe {
-                    libc::pthread_kill(
-                        self.tid.load(Ordering::Acquire) as libc::pthread_t,
-                        libc::SIGUSR1,
-                    )
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = t.join();
-        }
-    }
 }
 
 /// Measures `count()` over the window after the warm-up; returns Mpps.
@@ -507,7 +449,7 @@ impl Drop for MinXsk {
     }
 }
 
-fn run_minimal(dut_if: u32, gen_if: u32, frame: &[u8], l2fwd: bool, steer: &mut Steering) -> Rate {
+fn run_minimal(dut_if: u32, frame: &[u8], l2fwd: bool, steer: &mut Steering) -> Rate {
     let t = Instant::now();
     let x = loop {
         if let Some(x) = MinXsk::open(dut_if) {
@@ -538,7 +480,7 @@ fn run_minimal(dut_if: u32, gen_if: u32, frame: &[u8], l2fwd: bool, steer: &mut 
             x
         })
     };
-    let g = Generator::start(gen_if, frame.to_vec());
+    let g = Generator::start(None, "gen", frame.to_vec(), GEN_CPU);
     while tid.load(Ordering::Acquire) == 0 {
         std::thread::yield_now();
     }
@@ -603,7 +545,6 @@ impl Brick for Reflect {
 
 fn run_brick(
     dut: &str,
-    gen_if: u32,
     frame: &[u8],
     l2fwd: bool,
     steer: &Arc<std::sync::Mutex<Steering>>,
@@ -658,7 +599,7 @@ fn run_brick(
         })
         .unwrap()
     };
-    let gen_thread = Generator::start(gen_if, frame.to_vec());
+    let gen_thread = Generator::start(None, "gen", frame.to_vec(), GEN_CPU);
     // SAFETY: gettid has no preconditions (run on the worker thread).
     let tid = w.exec(|_| unsafe { libc::gettid() }).unwrap();
     let mpps = measure(&count, tid);
@@ -675,14 +616,8 @@ fn main() {
         panic!("afxdp bench needs 2 CPUs (generator and receiver on different CPUs)");
     }
     // Criterion-style arguments (`--bench`, filters) are ignored.
-    // SAFETY: installs a no-op handler (no SA_RESTART) so SIGUSR1 interrupts the
-    // generator's long BPF_PROG_TEST_RUN with EINTR.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigusr1 as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
-    }
+    // SIGUSR1 interrupts the generator's long BPF_PROG_TEST_RUN (EINTR).
+    install_stop_signal();
     let ns = Ns(format!("axbench{}", std::process::id()));
     sh(&["ip", "netns", "add", &ns.0]);
     let back = File::open("/proc/thread-self/ns/net").unwrap();
@@ -706,7 +641,6 @@ fn main() {
         .map(|h| u8::from_str_radix(h, 16).unwrap())
         .collect();
     let frame = vxlan_frame(mac.try_into().unwrap());
-    let gen_if = butterfly_ebpf::ifindex("gen").unwrap();
     let dut_if = butterfly_ebpf::ifindex("dut").unwrap();
 
     let mut steer = Steering::load(Variant::Linear).unwrap();
@@ -726,11 +660,11 @@ fn main() {
         for (t, l2fwd) in [false, true].into_iter().enumerate() {
             // Alternate which goes first, so a slow phase of the machine hits both.
             let (m, b) = if round % 2 == 0 {
-                let m = run_minimal(dut_if, gen_if, &frame, l2fwd, &mut steer.lock().unwrap());
-                (m, run_brick("dut", gen_if, &frame, l2fwd, &steer))
+                let m = run_minimal(dut_if, &frame, l2fwd, &mut steer.lock().unwrap());
+                (m, run_brick("dut", &frame, l2fwd, &steer))
             } else {
-                let b = run_brick("dut", gen_if, &frame, l2fwd, &steer);
-                let m = run_minimal(dut_if, gen_if, &frame, l2fwd, &mut steer.lock().unwrap());
+                let b = run_brick("dut", &frame, l2fwd, &steer);
+                let m = run_minimal(dut_if, &frame, l2fwd, &mut steer.lock().unwrap());
                 (m, b)
             };
             let name = if l2fwd { "l2fwd" } else { "rxdrop" };

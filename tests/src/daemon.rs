@@ -415,6 +415,29 @@ impl Host {
         json_counter(&self.try_cli(&["--json", "nic", "stats", id])?, name)
     }
 
+    /// The per-side packet counters of brick `brick` from the graph in `butterfly status
+    /// --dot` (`"NAME" [xlabel="W rx A tx B / E rx C tx D"]`): `[A, B, C, D]`.
+    ///
+    /// # Panics
+    /// When the brick is not in the graph.
+    pub fn brick_counters(&self, brick: &str) -> [u64; 4] {
+        let status = self.cli(&["status", "--dot"]);
+        let key = format!("\"{brick}\" [xlabel=\"");
+        let at = status
+            .find(&key)
+            .unwrap_or_else(|| panic!("no brick {brick} in status:\n{status}"));
+        let label: String = status[at + key.len()..]
+            .chars()
+            .take_while(|c| *c != '"')
+            .collect();
+        let n: Vec<u64> = label
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        n.try_into()
+            .unwrap_or_else(|n| panic!("bad counters of {brick}: {label:?} ({n:?})"))
+    }
+
     /// [`Host::try_stat`], panicking on failure.
     ///
     /// # Panics

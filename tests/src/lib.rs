@@ -4,11 +4,14 @@
 //! the external tools they run) so that a missing privilege fails with a message that
 //! says what is missing instead of skipping silently.
 
+pub mod cpu;
 pub mod daemon;
 pub mod netns;
 pub mod qemu;
+pub mod testpmd;
 pub mod tmp;
 pub mod tshark;
+pub mod xdpgen;
 
 pub use netns::{
     IFNAME_MAX, KillOnDrop, Netns, NetnsGuard, Veth, link_up, move_to_netns, require_root,

@@ -621,14 +621,7 @@ impl Switch {
             return 0;
         }
         let home = self.home(dst_mac(d));
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let p: *const Slot = &self.slots[home];
-            // SAFETY: a prefetch is only a hint; it never faults, and `p` points into the
-            // table anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) };
-        }
+        crate::prefetch::prefetch_ref(&self.slots[home]);
         home
     }
 

@@ -69,7 +69,7 @@ use std::time::Duration;
 use etherparse::{ArpPacketSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, UdpHeaderSlice};
 
 use crate::brick::{Brick, Emit, Poles, Side};
-use crate::burst::Burst;
+use crate::burst::{Burst, HeaderPrefetch};
 use crate::clock::Clock;
 use crate::error::BrickError;
 use crate::packet::{Packet, Pool};
@@ -1507,7 +1507,9 @@ impl Vtep {
         let mut last_neigh: Option<(IpAddr, [u8; 6])> = None;
         let mut last_vni = None;
         let mut pkts = pkts;
-        for mut p in pkts.drain() {
+        let prefetch = HeaderPrefetch::new(&pkts);
+        for (i, mut p) in pkts.drain().enumerate() {
+            prefetch.ahead(i);
             match self.classify(p.data(), &mut last_vni) {
                 Verdict::Vxlan {
                     edge,

@@ -45,6 +45,7 @@
 pub mod key;
 pub mod parse;
 
+use crate::prefetch::prefetch;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -1233,19 +1234,6 @@ impl std::ops::IndexMut<usize> for Index {
     fn index_mut(&mut self, pos: usize) -> &mut u64 {
         &mut self.buf[self.off + pos]
     }
-}
-
-/// A cache prefetch hint for the line holding `p`.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint: it never faults and never reads into the program,
-    // whatever the address; SSE is part of the x86_64 baseline.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// The TCP state after a packet with `flags` in direction `dir`.
