@@ -72,7 +72,9 @@ pub enum NicBackend {
 #[derive(Debug, Clone, Default, clap::Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Options {
-    /// Underlay interface: the host NIC that carries VXLAN (required).
+    /// Underlay interface: the host NIC that carries VXLAN (required). With --nic-backend
+    /// dpdk the underlay is the DPDK port instead; this names the interface of the default
+    /// `net_af_packet` vdev (see --dpdk-args).
     #[arg(long, value_name = "IFACE")]
     pub nic: Option<String>,
     /// This host's VTEP address on the underlay, IPv4 or IPv6 (required).

@@ -10,10 +10,11 @@
 //!   moved into its own namespace, whose kernel pings and connects.
 //!
 //! Binaries: [`bin_dir`] is `$BUTTERFLY_BIN_DIR` when set (`cargo xtask demo` sets it),
-//! else `target/<profile>` above the running executable, where the tests first build
-//! them (`cargo build -p butterfly --bins`, with `--features butterfly/dpdk` when this
-//! crate is built with its `dpdk` feature, so every test of one run uses the same
-//! daemon). Examples do not build: they use [`bin_dir_unbuilt`].
+//! else the tests first build them (`cargo build -p butterfly --bins`, with `--features
+//! butterfly/dpdk` when this crate is built with its `dpdk` feature, so every daemon
+//! test of one run uses the same daemon) and run links to what cargo built for these
+//! features (immune to other tests building `butterfly` with other features). Examples
+//! do not build: they use [`bin_dir_unbuilt`] (`target/<profile>`).
 //!
 //! Every method has a fallible `try_` form returning the failure as text (for the demos,
 //! which report and carry on) and a panicking form whose message holds the daemon's log
@@ -65,36 +66,111 @@ pub const BUTTERFLY_FEATURES: &[&str] = if cfg!(feature = "dpdk") {
     &[]
 };
 
-/// The directory holding `butterfly` and `butterflyd`: [`bin_dir_unbuilt`], after
-/// building them there once per process (`cargo build -p butterfly --bins`, release when
-/// the tests run in release, plus [`BUTTERFLY_FEATURES`]) unless `$BUTTERFLY_BIN_DIR`
-/// is set.
+/// What `butterflyd --version` says when built as [`BUTTERFLY_FEATURES`] ask.
+const VERSION_MARK: &str = if cfg!(feature = "dpdk") {
+    "(DPDK backend built in)"
+} else {
+    "(no DPDK backend"
+};
+
+/// The directory holding the `butterfly` and `butterflyd` the tests run, built once per
+/// process (`cargo build -p butterfly --bins`, release when the tests run in release,
+/// plus [`BUTTERFLY_FEATURES`]); `$BUTTERFLY_BIN_DIR` instead when set (nothing built).
+///
+/// Other tests of the same run build `butterfly` too, possibly with other features
+/// (cargo then replaces `target/<profile>/butterflyd`). So the tests do not run the
+/// binaries there: they run hard links (in `target/<profile>/daemon-tests/<features>/`)
+/// to the hash-named files in `target/<profile>/deps/` that cargo built for these
+/// features, which no build with other features touches. A link is checked with
+/// `butterflyd --version` (which says whether the DPDK backend is in) and made again
+/// when a concurrent build swapped the binary under it.
 ///
 /// # Panics
-/// When cargo cannot be run or the build fails.
+/// When cargo cannot be run, the build fails, or no binary with the right features can
+/// be found after 5 attempts.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = bin_dir_unbuilt();
+        let target = bin_dir_unbuilt();
         if std::env::var_os("BUTTERFLY_BIN_DIR").is_some() {
-            return dir;
+            return target;
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "butterfly", "--bins", "--quiet"])
-            .args(BUTTERFLY_FEATURES);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+        let tag = if cfg!(feature = "dpdk") {
+            "dpdk"
+        } else {
+            "default"
+        };
+        let dir = target.join("daemon-tests").join(tag);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let mut last = String::new();
+        for _ in 0..5 {
+            build_butterfly(&target);
+            match link_built(&target, &dir) {
+                Ok(()) => return dir,
+                Err(e) => last = e,
+            }
         }
-        let status = cmd
-            .status()
-            .expect("running cargo build -p butterfly --bins");
-        assert!(
-            status.success(),
-            "cargo build -p butterfly --bins {BUTTERFLY_FEATURES:?} failed"
-        );
-        dir
+        panic!("no butterflyd built with {BUTTERFLY_FEATURES:?}: {last}");
     })
+}
+
+fn build_butterfly(target: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "butterfly", "--bins", "--quiet"])
+        .args(BUTTERFLY_FEATURES);
+    if target.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .expect("running cargo build -p butterfly --bins");
+    assert!(
+        status.success(),
+        "cargo build -p butterfly --bins {BUTTERFLY_FEATURES:?} failed"
+    );
+}
+
+/// Links `target/NAME`'s file in `target/deps/` (the same inode) as `dir/NAME`, for both
+/// binaries, and checks `butterflyd --version`.
+fn link_built(target: &Path, dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for name in ["butterfly", "butterflyd"] {
+        let ino = std::fs::metadata(target.join(name))
+            .map_err(|e| format!("{name}: {e}"))?
+            .ino();
+        let built = std::fs::read_dir(target.join("deps"))
+            .map_err(|e| format!("deps: {e}"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .and_then(|f| f.strip_prefix(name))
+                    .and_then(|f| f.strip_prefix('-'))
+                    .is_some_and(|h| !h.contains('.'))
+                    && std::fs::metadata(p).is_ok_and(|m| m.ino() == ino)
+            })
+            .ok_or_else(|| format!("{name}: no file of target/deps is target/{name}"))?;
+        // Atomic replacement: other test processes may be linking at the same time.
+        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::hard_link(&built, &tmp).map_err(|e| format!("{name}: link: {e}"))?;
+        std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("{name}: rename: {e}"))?;
+        // rename() between two links of one file does nothing (POSIX): drop the spare.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    let out = Command::new(dir.join("butterflyd"))
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("butterflyd --version: {e}"))?;
+    let v = String::from_utf8_lossy(&out.stdout);
+    if v.contains(VERSION_MARK) {
+        Ok(())
+    } else {
+        Err(format!("butterflyd --version says {v:?}"))
+    }
 }
 
 /// The first unsigned integer after `"NAME":` in JSON text (a counter of `butterfly

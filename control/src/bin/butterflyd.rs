@@ -32,10 +32,20 @@ list (`butterfly flood add`).
 
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad options.";
 
+/// `butterflyd --version`: the version and whether the DPDK backend is built in.
+const VERSION: &str = if cfg!(feature = "dpdk") {
+    concat!(env!("CARGO_PKG_VERSION"), " (DPDK backend built in)")
+} else {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (no DPDK backend: build with --features dpdk)"
+    )
+};
+
 /// The Butterfly daemon: VMs' vhost-user NICs on VXLAN networks, filtered by security
 /// groups, over an AF_XDP (or DPDK) host NIC; driven by `butterfly` through its API.
 #[derive(Debug, Parser)]
-#[command(name = "butterflyd", version, after_help = AFTER_HELP)]
+#[command(name = "butterflyd", version = VERSION, after_help = AFTER_HELP)]
 struct Cli {
     /// TOML configuration file (same keys as the long options).
     #[arg(long, value_name = "FILE")]

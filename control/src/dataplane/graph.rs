@@ -161,7 +161,8 @@ fn kernel_neighbour(ip: IpAddr) -> Option<[u8; 6]> {
 /// Ethernet header). The VTEP drops and counts (`drop_too_big`) encapsulated frames whose
 /// outer IP packet exceeds it. VMs get `underlay − 50` on an IPv4 underlay (outer IPv4
 /// 20 + UDP 8 + VXLAN 8 + inner Ethernet 14, RFC 7348 §5) or `− 70` on IPv6 (IPv6
-/// header 40): tap NICs are created with that MTU.
+/// header 40): tap NICs are created with that MTU, vhost-user NICs advertise it
+/// (`VIRTIO_NET_F_MTU`; QEMU passes it to the guest with `host_mtu=` set to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mtu {
     /// Largest outer IP packet sent on the underlay.
@@ -527,12 +528,19 @@ impl GraphDataplane {
                     } else {
                         Endpoint::Client(path.clone())
                     };
-                    Box::new(Vhost::new(ep, self.pool.clone()).map_err(|e| {
-                        DataplaneError::Refused {
+                    let vhost =
+                        Vhost::new(ep, self.pool.clone()).map_err(|e| DataplaneError::Refused {
                             field: "socket_path".into(),
                             reason: format!("{}: {e}", path.display()),
-                        }
-                    })?)
+                        })?;
+                    // VIRTIO_NET_F_MTU with the VM MTU (QEMU shows it to the guest when
+                    // started with the same `host_mtu=`).
+                    let mtu = u16::try_from(self.mtu.vm).unwrap_or(u16::MAX);
+                    Box::new(
+                        vhost
+                            .with_mtu(Some(mtu))
+                            .map_err(|e| failed("vhost-user MTU", e))?,
+                    )
                 }
             },
             Part::Sniffer { nic } => {
@@ -962,6 +970,10 @@ mod tests {
             ["antispoof-a", "firewall-a", "underlay", "vm-a", "vtep"]
         );
         assert!(d.join("vhost/a.sock").exists(), "vhost-user socket of a");
+        let mtu = dp
+            .exec(|g: &mut Graph| g.get::<Vhost>("vm-a").unwrap().mtu())
+            .unwrap();
+        assert_eq!(mtu, Some(1450), "vhost-user NIC advertises the VM MTU");
         let c = apply(&dp, &c, &d, &[add("b", 42, 2, "10.0.0.2")]);
         assert!(names(&dp).contains(&"switch-42".to_string()));
         let dot = dp.graph_dot();
