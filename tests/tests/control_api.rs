@@ -5,105 +5,17 @@
 //! Needs no privileges and sends no packets: the daemon's VTEP address is 192.0.2.1
 //! (TEST-NET-1, never used), sockets live in a per-test temporary directory, TCP
 //! endpoints listen on 127.0.0.1. The binaries come from the same target directory (see
-//! [`bin_dir`]).
+//! [`bin_dir`], shared with the other daemon tests).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The newest modification time of the sources the binaries are built from.
-fn newest_source() -> std::time::SystemTime {
-    fn walk(p: &Path, newest: &mut std::time::SystemTime) {
-        let Ok(meta) = std::fs::metadata(p) else {
-            return;
-        };
-        if meta.is_dir() {
-            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                if e.file_name() != "target" {
-                    walk(&e.path(), newest);
-                }
-            }
-        } else if let Ok(m) = meta.modified() {
-            *newest = (*newest).max(m);
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root");
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for part in ["control", "dataplane", "vhost", "Cargo.toml", "Cargo.lock"] {
-        walk(&root.join(part), &mut newest);
-    }
-    newest
-}
-
-/// The directory holding `butterfly` and `butterflyd`. `cargo nextest run --workspace`
-/// builds them with everything else; when they are missing or older than their sources
-/// (e.g. `-p butterfly-tests` only), the first test builds them
-/// (`cargo build -p butterfly --bins`).
-fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // target/<profile>/deps/control_api-HASH → target/<profile>
-        let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
-        let built = |b: &str| {
-            std::fs::metadata(dir.join(b))
-                .and_then(|m| m.modified())
-                .ok()
-        };
-        let sources = newest_source();
-        let fresh = ["butterfly", "butterflyd"]
-            .iter()
-            .all(|b| built(b).is_some_and(|t| t >= sources));
-        if !fresh {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "butterfly", "--bins", "--quiet"]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd
-                .status()
-                .expect("running cargo build -p butterfly --bins");
-            assert!(status.success(), "cargo build -p butterfly --bins failed");
-        }
-        for b in ["butterfly", "butterflyd"] {
-            assert!(
-                dir.join(b).exists(),
-                "{} was not built",
-                dir.join(b).display()
-            );
-        }
-        dir
-    })
-}
-
-/// A fresh directory for one test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("bfly-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use butterfly_tests::TempDir;
+use butterfly_tests::daemon::bin_dir;
 
 /// What a CLI run returned.
 struct Run {
@@ -383,7 +295,7 @@ fn configure(d: &Daemon) {
 #[test]
 fn nics_sgs_rules_members_and_flood_lists() {
     let t = TempDir::new("api-crud");
-    let d = Daemon::start(&t.0, &[]);
+    let d = Daemon::start(t.path(), &[]);
     configure(&d);
 
     let list = d.ok(&["nic", "list"]);
@@ -505,7 +417,7 @@ fn nics_sgs_rules_members_and_flood_lists() {
 #[test]
 fn bad_requests_name_the_field_and_change_nothing() {
     let t = TempDir::new("api-bad");
-    let d = Daemon::start(&t.0, &[]);
+    let d = Daemon::start(t.path(), &[]);
     configure(&d);
     let before = d.dump();
     let on_disk = std::fs::read(&d.state).unwrap();
@@ -853,7 +765,7 @@ fn bad_requests_name_the_field_and_change_nothing() {
     );
 
     // A request file with one bad request in the middle is refused as a whole.
-    let file = t.0.join("partly-bad.json");
+    let file = t.join("partly-bad.json");
     std::fs::write(
         &file,
         r#"[
@@ -877,18 +789,18 @@ fn bad_requests_name_the_field_and_change_nothing() {
 #[test]
 fn dump_and_request_round_trip() {
     let t = TempDir::new("api-dump");
-    let a = Daemon::start(&t.0.join("a"), &[]);
+    let a = Daemon::start(&t.join("a"), &[]);
     configure(&a);
     let dump = a.dump();
     assert!(
         dump.starts_with("[\n  {\"sg_add\":{\"id\":\"db\"}},\n"),
         "{dump}"
     );
-    let file = t.0.join("dump.json");
+    let file = t.join("dump.json");
     std::fs::write(&file, &dump).unwrap();
 
     // Another daemon, empty, replays it: identical configuration.
-    let b = Daemon::start(&t.0.join("b"), &[]);
+    let b = Daemon::start(&t.join("b"), &[]);
     assert_eq!(b.dump(), "[]\n");
     let out = b.ok(&["request", file.to_str().unwrap()]);
     assert_eq!(
@@ -905,7 +817,7 @@ fn dump_and_request_round_trip() {
     b.ok(&["request", "--replace", file.to_str().unwrap()]);
     assert_eq!(b.dump(), dump);
     // From stdin too.
-    let c = Daemon::start(&t.0.join("c"), &[]);
+    let c = Daemon::start(&t.join("c"), &[]);
     let mut child = Command::new(bin_dir().join("butterfly"))
         .arg("--socket")
         .arg(&c.socket)
@@ -927,7 +839,7 @@ fn dump_and_request_round_trip() {
 #[test]
 fn restart_restores_the_persisted_configuration() {
     let t = TempDir::new("api-restart");
-    let mut d = Daemon::start(&t.0, &[]);
+    let mut d = Daemon::start(t.path(), &[]);
     configure(&d);
     let before = d.dump();
 
@@ -959,7 +871,7 @@ fn restart_restores_the_persisted_configuration() {
         ])
         .arg(&d.socket)
         .arg("--state-file")
-        .arg(t.0.join("other.json"))
+        .arg(t.join("other.json"))
         .output()
         .unwrap();
     assert_eq!(second.status.code(), Some(1));
@@ -977,12 +889,12 @@ fn restart_restores_the_persisted_configuration() {
 #[test]
 fn socket_mode_exit_codes_and_usage() {
     let t = TempDir::new("api-cli");
-    let d = Daemon::start(&t.0, &[]);
+    let d = Daemon::start(t.path(), &[]);
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o660, "API socket mode {mode:o}");
 
     // 3: nobody listening, with a hint naming the socket.
-    let missing = t.0.join("nobody.sock");
+    let missing = t.join("nobody.sock");
     let r: Run = Command::new(bin_dir().join("butterfly"))
         .arg("--socket")
         .arg(&missing)
@@ -1018,7 +930,7 @@ fn socket_mode_exit_codes_and_usage() {
         let r = d.cli(args);
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
     }
-    let bad = t.0.join("bad.json");
+    let bad = t.join("bad.json");
     std::fs::write(&bad, "[{\"nic_add\": 3}]").unwrap();
     let r = d.cli(&["request", bad.to_str().unwrap()]);
     assert_eq!(r.code, 2);
@@ -1027,7 +939,7 @@ fn socket_mode_exit_codes_and_usage() {
         "{}",
         r.stderr
     );
-    let r = d.cli(&["request", t.0.join("absent.json").to_str().unwrap()]);
+    let r = d.cli(&["request", t.join("absent.json").to_str().unwrap()]);
     assert_eq!(r.code, 2);
 
     // Completions are generated without a daemon.
@@ -1066,13 +978,13 @@ fn free_port() -> u16 {
 fn config_file_and_prometheus_metrics() {
     let t = TempDir::new("api-prom");
     let port = free_port();
-    let cfg = t.0.join("butterflyd.toml");
+    let cfg = t.join("butterflyd.toml");
     std::fs::write(
         &cfg,
         format!("prometheus = \"127.0.0.1:{port}\"\nmtu = 9000\n"),
     )
     .unwrap();
-    let d = Daemon::start(&t.0, &["--config", cfg.to_str().unwrap()]);
+    let d = Daemon::start(t.path(), &["--config", cfg.to_str().unwrap()]);
     configure(&d);
     let mut conn = TcpStream::connect(("127.0.0.1", port))
         .expect("the Prometheus endpoint from the config file");
@@ -1173,7 +1085,7 @@ fn make_pki(dir: &Path) {
 #[test]
 fn tcp_endpoint_is_tls_with_client_certificates() {
     let t = TempDir::new("api-tls");
-    let pki = t.0.join("pki");
+    let pki = t.join("pki");
     std::fs::create_dir_all(&pki).unwrap();
     make_pki(&pki);
     let port = free_port();
@@ -1181,7 +1093,7 @@ fn tcp_endpoint_is_tls_with_client_certificates() {
     let addr = format!("127.0.0.1:{port}");
     let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
     let d = Daemon::start(
-        &t.0,
+        t.path(),
         &[
             "--api-tcp",
             &addr,
@@ -1224,7 +1136,7 @@ fn tcp_endpoint_is_tls_with_client_certificates() {
     );
     assert!(r.stdout.is_empty());
     // A second daemon cannot take the same TCP port: it stops at start, saying why.
-    let other = t.0.join("other");
+    let other = t.join("other");
     let out = Command::new(bin_dir().join("butterflyd"))
         .args([
             "--nic",

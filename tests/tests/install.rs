@@ -48,6 +48,9 @@ fn build_binaries() -> PathBuf {
             "--profile",
             name,
         ])
+        // The features every test of this run builds butterfly with, so that no build
+        // swaps target/<profile>/butterflyd under another test.
+        .args(butterfly_tests::daemon::BUTTERFLY_FEATURES)
         .status()
         .expect("cannot run cargo");
     assert!(st.success(), "cargo build -p butterfly --bins failed");
