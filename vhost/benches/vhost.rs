@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 use butterfly_vhost::{Endpoint, Vhost};
 use packetgraph::bricks::Collect;
 use packetgraph::{
-    BURST_SIZE, Brick, BrickError, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side, Worker,
-    WorkerConfig,
+    Brick, BrickError, Burst, Emit, Graph, Poles, Pool, PoolConfig, Side, Worker, WorkerConfig,
 };
 
 const WARMUP: Duration = Duration::from_secs(1);
@@ -203,12 +202,15 @@ fn frame(size: usize) -> Vec<u8> {
     f
 }
 
+/// Frames per burst of testpmd `txonly` (its default `--burst`, 32).
+const TXONLY_BURST: usize = 32;
+
 /// Bytes testpmd `txonly` writes into each mbuf: its Ethernet + IPv4 + UDP header (the
 /// payload is left as the mbuf holds it).
 const TXONLY_HEADER: usize = 42;
 
 /// The host-side generator, doing what testpmd `txonly` does on DPDK's side of the same
-/// figure: a burst of frames from the pool (one lock), the 42-byte header written, the
+/// figure: a burst of 32 frames from the pool (one lock), the 42-byte header written, the
 /// length set, the payload left as is. (`PacketGen` copies its whole template, an extra
 /// 1500-byte copy per frame that DPDK's generator does not make.)
 struct TxOnly {
@@ -237,7 +239,7 @@ impl Brick for TxOnly {
     fn poll(&mut self, out: &mut Emit) -> Result<usize, BrickError> {
         let mut burst = Burst::new();
         let (header, size) = (&self.header, self.size);
-        let n = self.pool.alloc_with(BURST_SIZE, |mut p| {
+        let n = self.pool.alloc_with(TXONLY_BURST, |mut p| {
             if let Ok(b) = p.append(size) {
                 b[..header.len()].copy_from_slice(header);
             }

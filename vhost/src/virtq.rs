@@ -409,6 +409,8 @@ impl TxVirtio {
         let mut frames = frames.into_iter();
         let mut spare: Option<Packet> = None;
         let mut next_used = q.next_used();
+        // Used elements kept aside, written in batches (see `SHADOW`).
+        let mut shadow: ArrayVec<u16, SHADOW> = ArrayVec::new();
         let mut taken = 0;
         while taken < chains {
             let Some(mut pkt) = spare.take().or_else(|| frames.next()) else {
@@ -432,12 +434,22 @@ impl TxVirtio {
                 }
             }
             if head < ring.size {
-                ring.set_used(next_used, head, 0);
-                next_used = next_used.wrapping_add(1);
+                if shadow.is_full() {
+                    for &h in &shadow {
+                        ring.set_used(next_used, h, 0);
+                        next_used = next_used.wrapping_add(1);
+                    }
+                    shadow.clear();
+                }
+                shadow.push(head);
             } else {
                 // Not a descriptor index: nothing to give back.
                 self.stats.ring_errors += 1;
             }
+        }
+        for &h in &shadow {
+            ring.set_used(next_used, h, 0);
+            next_used = next_used.wrapping_add(1);
         }
         if taken > 0 {
             ring.publish_used(next_used);
@@ -543,13 +555,21 @@ pub enum RxError {
     Ring,
 }
 
+/// Used elements kept aside before they are written to the ring in one go (after DPDK's
+/// shadow used ring: the driver reading the ring sees fewer lines change under it).
+const SHADOW: usize = 64;
+
 /// The receive ring during one burst: the avail index read once, the device's indices
-/// advanced locally and written back (and the used index published) once at the end.
+/// advanced locally, used elements written in batches of [`SHADOW`] and the used index
+/// published once at the end.
 struct RxCursor<'a> {
     ring: SplitRing<'a>,
     avail_idx: u16,
     next_avail: u16,
     next_used: u16,
+    shadow: ArrayVec<(u16, u32), SHADOW>,
+    /// The virtio-net header of a frame in one buffer (`num_buffers` 1).
+    simple_hdr: [u8; crate::net_hdr::NET_HDR_LEN_V1],
 }
 
 impl RxCursor<'_> {
@@ -571,9 +591,21 @@ impl RxCursor<'_> {
         if head >= self.ring.size {
             return false;
         }
-        self.ring.set_used(self.next_used, head, len);
-        self.next_used = self.next_used.wrapping_add(1);
+        if self.shadow.is_full() {
+            self.flush();
+        }
+        self.shadow.push((head, len));
         true
+    }
+
+    /// Writes the used elements kept aside to the ring (not yet published).
+    #[inline]
+    fn flush(&mut self) {
+        for &(head, len) in &self.shadow {
+            self.ring.set_used(self.next_used, head, len);
+            self.next_used = self.next_used.wrapping_add(1);
+        }
+        self.shadow.clear();
     }
 }
 
@@ -603,11 +635,19 @@ impl RxVirtio {
         let ring = SplitRing::new(q, mem).and_then(|ring| {
             let avail_idx = ring.avail_idx();
             let next_avail = q.next_avail();
+            let mut simple_hdr = [0u8; crate::net_hdr::NET_HDR_LEN_V1];
+            NetHdr {
+                num_buffers: 1,
+                ..Default::default()
+            }
+            .emit(&mut simple_hdr, cfg.hdr_len);
             (avail_idx.wrapping_sub(next_avail) <= ring.size).then_some(RxCursor {
                 ring,
                 avail_idx,
                 next_avail,
                 next_used: q.next_used(),
+                shadow: ArrayVec::new(),
+                simple_hdr,
             })
         });
         let Some(mut cur) = ring else {
@@ -633,6 +673,7 @@ impl RxVirtio {
                 Err(RxError::Ring) => self.stats.ring_errors += 1,
             }
         }
+        cur.flush();
         if cur.next_used != q.next_used() {
             cur.ring.publish_used(cur.next_used);
         }
@@ -691,17 +732,12 @@ impl RxVirtio {
         let Some(dst) = cur.ring.map.translate(d.addr, total) else {
             return false;
         };
-        let mut hb = [0u8; crate::net_hdr::NET_HDR_LEN_V1];
-        NetHdr {
-            num_buffers: 1,
-            ..Default::default()
-        }
-        .emit(&mut hb, hdr_len);
+        let hb = &cur.simple_hdr[..hdr_len.min(crate::net_hdr::NET_HDR_LEN_V1)];
         // SAFETY: `translate` checked that `dst` points to `total` = `hdr_len` +
-        // `frame.len()` mapped guest bytes (kept alive by the map); our buffers do not
-        // overlap guest memory.
+        // `frame.len()` mapped guest bytes (kept alive by the map), `hb` holds at most
+        // `hdr_len` bytes; our buffers do not overlap guest memory.
         unsafe {
-            std::ptr::copy_nonoverlapping(hb.as_ptr(), dst, hdr_len);
+            std::ptr::copy_nonoverlapping(hb.as_ptr(), dst, hb.len());
             std::ptr::copy_nonoverlapping(frame.as_ptr(), dst.add(hdr_len), frame.len());
         }
         cur.next_avail = cur.next_avail.wrapping_add(1);
