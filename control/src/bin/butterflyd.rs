@@ -115,6 +115,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         xdp_mode = ?settings.xdp_mode,
         nic_backend = ?settings.nic_backend,
         worker_cpu = ?settings.worker_cpu,
+        busy_poll = settings.busy_poll,
         state_file = %settings.state_file.display(),
         "butterflyd starting"
     );
@@ -146,6 +147,7 @@ async fn run(settings: Settings) -> Result<(), String> {
             dpdk_port: settings.dpdk_port,
             mtu: settings.mtu,
             worker_cpu: settings.worker_cpu,
+            busy_poll: settings.busy_poll,
             frames: 8192,
         })
         .map_err(|e| format!("{e} (run with --no-dataplane for API-only mode)"))?;

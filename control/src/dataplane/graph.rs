@@ -62,6 +62,8 @@ pub struct GraphSettings {
     pub mtu: Option<u32>,
     /// CPU the worker is pinned to.
     pub worker_cpu: Option<usize>,
+    /// The worker busy-polls (never sleeps between empty polls).
+    pub busy_poll: bool,
     /// Frames in the pool shared by the AF_XDP UMEM, the VTEP, the taps and vhost.
     pub frames: u32,
 }
@@ -449,6 +451,11 @@ impl GraphDataplane {
             WorkerConfig {
                 name: "butterfly-worker".into(),
                 cpu: settings.worker_cpu,
+                max_idle_sleep: if settings.busy_poll {
+                    std::time::Duration::ZERO
+                } else {
+                    WorkerConfig::default().max_idle_sleep
+                },
                 ..WorkerConfig::default()
             },
         )
@@ -759,14 +766,19 @@ impl GraphDataplane {
 impl Dataplane for GraphDataplane {
     fn describe(&self) -> String {
         format!(
-            "{}, underlay MTU {}, VM MTU {}, 1 worker{}",
+            "{}, underlay MTU {}, VM MTU {}, 1 worker{}{}",
             self.underlay,
             self.mtu.underlay,
             self.mtu.vm,
             self.settings
                 .worker_cpu
                 .map(|c| format!(" pinned to CPU {c}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if self.settings.busy_poll {
+                ", busy-polling"
+            } else {
+                ""
+            }
         )
     }
 
@@ -880,6 +892,7 @@ mod tests {
                 dpdk_port: 0,
                 mtu: None,
                 worker_cpu: None,
+                busy_poll: false,
                 frames: 1024,
             },
             pool,
