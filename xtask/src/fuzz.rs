@@ -62,6 +62,8 @@ fn bin_names(manifest: &str) -> Vec<String> {
 /// # Errors
 /// When a build fails.
 pub fn build_all() -> Result<()> {
+    // One target directory for the three: they share packetgraph and libfuzzer-sys.
+    let target_dir = util::workspace_root().join("target").join("fuzz-stable");
     for krate in FUZZ_CRATES {
         let manifest = fuzz_dir(krate).join("Cargo.toml");
         println!("fuzz: building the {krate} fuzz targets (stable, no instrumentation)");
@@ -69,6 +71,8 @@ pub fn build_all() -> Result<()> {
             "build",
             "--manifest-path",
             &manifest.to_string_lossy(),
+            "--target-dir",
+            &target_dir.to_string_lossy(),
         ]))?;
     }
     Ok(())
