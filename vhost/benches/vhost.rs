@@ -560,7 +560,23 @@ fn main() {
     let measure = |one: &dyn Fn() -> (f64, f64)| {
         let (mut o, mut b) = (0.0, 0.0);
         for r in 0..rounds {
-            let (x, y) = one();
+            // A side that moved nothing (a testpmd that stalled or lost its CPU for the
+            // whole window) is a failed measurement, not a figure: retry it, twice.
+            let mut tries = 0;
+            let (x, y) = loop {
+                let (x, y) = one();
+                if x > 0.0 && y > 0.0 {
+                    break (x, y);
+                }
+                tries += 1;
+                assert!(
+                    tries < 3,
+                    "round {r}: a side moved no packet 3 times (ours {x:.0} pps, dpdk {y:.0} pps)"
+                );
+                eprintln!(
+                    "  round {r}: failed (ours {x:.0} pps, dpdk {y:.0} pps), measuring again"
+                );
+            };
             eprintln!(
                 "  round {r}: ours {:.3} Mpps, dpdk {:.3} Mpps ({:.2})",
                 x / 1e6,
