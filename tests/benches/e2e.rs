@@ -56,16 +56,24 @@
 //! (`/proc/stat`, tick-sampled) for the kernel. The bench prints how long the worker
 //! waited for its CPU, and what testpmd and the generator got of CPU 0.
 //!
-//! Known limit on 2 CPUs, `vxlan_to_vm` only: the generator and testpmd's rxonly lcore
-//! are then both busy threads on CPU 0, and two busy threads on one CPU take turns of a
-//! scheduler tick (4 ms at 250 Hz; priorities and EEVDF slices do not change that
-//! without HRTICK). While the generator runs, nothing drains the 1024-descriptor
-//! virtqueue; while testpmd runs, nothing feeds the AF_XDP ring. The figure is then
-//! bounded by ring sizes over the tick (a few hundred kpps), not by butterflyd: the
-//! bench also prints the rate at which butterflyd handed frames to the VM's vhost brick
-//! (`nic stats` tx_packets, which includes frames the vhost brick drops when the ring is
-//! full). The kernel's consumer (an XDP sink in a NAPI thread that sleeps when idle) does
-//! not suffer from this. `vm_to_vxlan` has one busy thread per CPU and no such limit.
+//! # The paced generator (`vxlan_to_vm`, both paths)
+//! On 2 CPUs the generator and testpmd's rxonly lcore share CPU 0. Two busy threads on
+//! one CPU take turns of a scheduler tick (4 ms at 250 Hz): while a busy generator runs
+//! nothing drains the virtqueue, while testpmd runs nothing feeds the AF_XDP ring, and the
+//! figure measured the scheduler (a few tens of kpps). So for the measured `vxlan_to_vm`
+//! window of BOTH paths the generator is paced ([`Pace`]): BPF_PROG_TEST_RUN calls of
+//! `E2E_GEN_FRAMES` frames (default 2048: about butterflyd's AF_XDP RX ring, 1024, plus
+//! what the worker drains during a call) separated by sleeps of `E2E_GEN_PAUSE_US` µs
+//! (default 100), so CPU 0 changes hands at sub-millisecond granularity and testpmd runs
+//! between calls. testpmd's virtqueue is the deepest virtio_user takes (`queue_size=1024`,
+//! `--rxd=1024`). Both paths get the same offered pattern (bursts of E2E_GEN_FRAMES at
+//! line rate); the offered load (frames the receiving veth's NAPI took,
+//! `rx_queue_N_xdp_packets`), the generator's own count and, for butterflyd, the frames
+//! the veth dropped for want of room in the AF_XDP RX ring are printed, and the `vxlan_to_vm` RESULT line says what was
+//! offered to each path and whether a path delivered about all it was offered (then the
+//! generator, not that path, bounds its figure and the ratio is not a fair comparison).
+//! On a loaded CPU 0 the paced generator offers about 0.5–0.8 Mpps. The warm-ups and
+//! `vm_to_vxlan` (one busy thread per CPU) keep the unpaced generator.
 //!
 //! Needs root (netns, XDP, BPF), `ip`, `nft`, `ethtool`, `stdbuf` and `dpdk-testpmd`
 //! (apt `dpdk`); builds butterflyd in release mode if needed. Fails with a message when
@@ -336,15 +344,26 @@ fn perf_window(tid: i32, name: &str) -> Option<butterfly_tests::KillOnDrop> {
     Some(butterfly_tests::KillOnDrop::new(child))
 }
 
-/// Frames offered to veth `dev` in `ns` so far: taken by its NAPI (`xdp_packets`) or
-/// dropped because its ring was full (`drops`), from `ethtool -S`.
-fn offered(ns: &Netns, dev: &str) -> u64 {
+/// Sum over the RX queues of veth `dev` (in `ns`) of `ethtool -S` counter
+/// `rx_queue_N_NAME`.
+fn veth_stat(ns: &Netns, dev: &str, name: &str) -> u64 {
     ns.run_ok(&["ethtool", "-S", dev])
         .lines()
         .filter_map(|l| l.trim().split_once(": "))
-        .filter(|(k, _)| k.ends_with("_xdp_packets") || k.ends_with("_drops") && !k.contains("xdp"))
+        .filter(|(k, _)| {
+            k.strip_prefix("rx_queue_")
+                .and_then(|r| r.split_once('_'))
+                .is_some_and(|(_, n)| n == name)
+        })
         .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
         .sum()
+}
+
+/// Frames offered to veth `dev` in `ns` so far: every frame its NAPI took from the peer
+/// (`rx_queue_N_xdp_packets`, which already includes the frames its XDP program then
+/// failed to redirect, `rx_queue_N_drops`: an AF_XDP RX ring without room).
+fn offered(ns: &Netns, dev: &str) -> u64 {
+    veth_stat(ns, dev, "xdp_packets")
 }
 
 /// The load generator on `dev` in `ns`, on CPU 0, as fast as it goes.
@@ -771,12 +790,15 @@ fn butterfly() -> ButterflyRun {
     let perf = perf_window(worker_tid, "vxlan_to_vm");
     let (t0, s0, w0) = (Instant::now(), worker_seconds(), worker_waited());
     let (o0, sent0) = (offered(&d.ns, "bdut"), g.frames_sent());
+    let ring_full0 = veth_stat(&d.ns, "bdut", "drops");
     let (pmd0, me0) = (thread_times(pmd.pid()), thread_times(std::process::id()));
     std::thread::sleep(WINDOW);
     let (t1, s1, w1) = (Instant::now(), worker_seconds(), worker_waited());
     let secs = (t1 - t0).as_secs_f64();
     let offered_mpps = (offered(&d.ns, "bdut") - o0) as f64 / secs / 1e6;
     let sent_mpps = (g.frames_sent() - sent0) as f64 / secs / 1e6;
+    let ring_full =
+        veth_stat(&d.ns, "bdut", "drops").saturating_sub(ring_full0) as f64 / secs / 1e6;
     println!(
         "e2e: CPU use during the window: testpmd: {}; bench: {}",
         thread_report(&pmd0, &thread_times(pmd.pid()), secs),
@@ -795,7 +817,8 @@ fn butterfly() -> ButterflyRun {
     let to_vm = (n1.to_vm - n0.to_vm) as f64 / (t1 - t0).as_secs_f64() / 1e6;
     println!(
         "e2e: butterfly vxlan → VM: {:.3} Mpps (testpmd Rx-pps; offered {offered_mpps:.3}, \
-         paced generator sent {sent_mpps:.3}), \
+         paced generator sent {sent_mpps:.3}, {ring_full:.3} of it dropped by the veth \
+         for want of room in butterflyd's AF_XDP RX ring), \
          worker on CPU {:.0}%, waiting for it {:.0}% ({:.3} Mpps per CPU-second); butterflyd \
          handed the VM's vhost brick {to_vm:.3} Mpps ({:.3} per worker CPU-second, frames the \
          vhost brick drops on a full ring included), idle NIC +{}, firewall+antispoof drops \
