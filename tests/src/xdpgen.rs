@@ -10,6 +10,20 @@
 //! receive path behind it) runs on the generator's CPU: say where things run when you
 //! report a figure.
 //!
+//! Paced mode ([`Generator::start_paced`], [`Pace`]): short calls of `frames` frames,
+//! each followed by a sleep of `pause`. A busy generator sharing its CPU with another
+//! busy thread (a poll-mode consumer) runs in turns of a scheduler tick (4 ms at 250 Hz);
+//! the sleeps hand the CPU over at sub-millisecond granularity instead, so both run.
+//! Every BPF_PROG_TEST_RUN of an XDP program adds the program to the kernel's XDP
+//! dispatcher and removes it at the end, and each change waits for an RCU grace period
+//! (`bpf_dispatcher_change_prog` → `synchronize_rcu`: tens of milliseconds on a loaded
+//! machine, under a global mutex): short calls would spend most of their time there. The
+//! paced generator therefore keeps its program in the dispatcher for its whole life by
+//! attaching it in generic (skb) mode to a device of its own, down, that carries no
+//! traffic (veth `xgkaTID`–`xgkbTID` in the generator's namespace, deleted when it
+//! stops); the
+//! dispatcher then only counts users and the calls cost their frames.
+//!
 //! ```no_run
 //! use butterfly_tests::xdpgen::{Generator, install_stop_signal};
 //! # let ns = butterfly_tests::Netns::new("doc");
@@ -24,7 +38,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use butterfly_ebpf::LoadGen;
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
+use butterfly_ebpf::{LOADGEN_OBJECT, LoadGen};
 
 use crate::cpu::pin_current_thread;
 use crate::netns::Netns;
@@ -33,6 +48,18 @@ use crate::netns::Netns;
 const REPEAT: u32 = 200_000_000;
 /// Frames per kernel batch (the kernel's maximum).
 const BATCH: u32 = 256;
+
+/// The pattern of a paced generator: BPF_PROG_TEST_RUN calls of `frames` frames (in
+/// batches of up to 256), each followed by a sleep of `pause` (timer slack 1 ns). The
+/// offered rate is at most `frames / (call time + pause)`: measure it at the receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Frames per call, 1..=2^32-1 (a few thousand: one call then lasts tens to hundreds
+    /// of microseconds).
+    pub frames: u32,
+    /// Sleep after each call (e.g. 100–500 µs; zero: only yield the CPU).
+    pub pause: Duration,
+}
 
 extern "C" fn on_sigusr1(_: libc::c_int) {}
 
@@ -60,6 +87,7 @@ pub struct Generator {
     tid: Arc<AtomicU64>,
     kernel_tid: Arc<AtomicI32>,
     error: Arc<Mutex<Option<String>>>,
+    sent: Arc<AtomicU64>,
 }
 
 impl Generator {
@@ -70,12 +98,29 @@ impl Generator {
     /// # Panics
     /// When the thread cannot start.
     pub fn start(ns: Option<&Netns>, ifname: &str, frame: Vec<u8>, cpu: usize) -> Generator {
+        Generator::start_paced(ns, ifname, frame, cpu, None)
+    }
+
+    /// [`Generator::start`], paced by `pace` when `Some` (see [`Pace`]), as fast as it
+    /// goes when `None`.
+    ///
+    /// # Panics
+    /// When the thread cannot start.
+    pub fn start_paced(
+        ns: Option<&Netns>,
+        ifname: &str,
+        frame: Vec<u8>,
+        cpu: usize,
+        pace: Option<Pace>,
+    ) -> Generator {
         install_stop_signal();
         let stop = Arc::new(AtomicBool::new(false));
         let tid = Arc::new(AtomicU64::new(0));
         let kernel_tid = Arc::new(AtomicI32::new(0));
         let error = Arc::new(Mutex::new(None));
+        let sent = Arc::new(AtomicU64::new(0));
         let (s2, t2, k2, e2) = (stop.clone(), tid.clone(), kernel_tid.clone(), error.clone());
+        let n2 = sent.clone();
         let ns_name = ns.map(|n| n.name().to_string());
         let ifname = ifname.to_string();
         let thread = std::thread::Builder::new()
@@ -105,18 +150,12 @@ impl Generator {
                     Ok(i) => i,
                     Err(e) => return fail(e.to_string()),
                 };
-                let lg = match LoadGen::load() {
-                    Ok(l) => l,
-                    Err(e) => return fail(e.to_string()),
+                let result = match pace {
+                    None => unpaced(idx, &frame, &s2, &n2),
+                    Some(p) => paced(idx, &frame, p, &s2, &n2),
                 };
-                while !s2.load(Ordering::Acquire) {
-                    match lg.run(idx, &frame, REPEAT, BATCH) {
-                        Ok(_) => {}
-                        // EINTR: stop() interrupted the call. Anything else is a failure.
-                        Err(_) if s2.load(Ordering::Acquire) => {}
-                        Err(e) if e.to_string().contains("Interrupted") => {}
-                        Err(e) => return fail(e.to_string()),
-                    }
+                if let Err(e) = result {
+                    fail(e);
                 }
             })
             .expect("spawning the generator thread");
@@ -129,7 +168,15 @@ impl Generator {
             tid,
             kernel_tid,
             error,
+            sent,
         }
+    }
+
+    /// Frames of the calls that completed so far (a call in progress is not counted;
+    /// frames the receiver dropped are): with [`Pace`] (short calls), divide by the
+    /// elapsed time for the rate the generator offered.
+    pub fn frames_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// The generator thread's id (Linux tid).
@@ -171,6 +218,116 @@ impl Generator {
             let _ = t.join();
         }
     }
+}
+
+/// The generator's loop without pace: long calls until stopped.
+fn unpaced(idx: u32, frame: &[u8], stop: &AtomicBool, sent: &AtomicU64) -> Result<(), String> {
+    let lg = LoadGen::load().map_err(|e| e.to_string())?;
+    while !stop.load(Ordering::Acquire) {
+        match lg.run(idx, frame, REPEAT, BATCH) {
+            Ok(_) => {
+                sent.fetch_add(u64::from(REPEAT), Ordering::Relaxed);
+            }
+            // EINTR: stop() interrupted the call. Anything else is a failure.
+            Err(_) if stop.load(Ordering::Acquire) => {}
+            Err(e) if e.to_string().contains("Interrupted") => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// A veth pair (down, no traffic: this kernel may have no `dummy` driver) in the calling
+/// thread's namespace; deleted on drop.
+struct KeepAliveDev(String);
+
+impl KeepAliveDev {
+    fn new() -> Result<KeepAliveDev, String> {
+        // SAFETY: gettid has no preconditions.
+        let name = format!("xgka{}", unsafe { libc::gettid() });
+        // A child forked from this thread starts in this thread's network namespace.
+        let out = std::process::Command::new("ip")
+            .args(["link", "add", &name, "type", "veth", "peer", "name"])
+            .arg(name.replace("xgka", "xgkb"))
+            .output()
+            .map_err(|e| format!("ip link add {name}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip link add {name} type veth: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(KeepAliveDev(name))
+    }
+}
+
+impl Drop for KeepAliveDev {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .output();
+    }
+}
+
+/// The paced loop: its own copy of the generator program, kept in the XDP dispatcher by
+/// a generic-mode attachment to an idle veth (see the module doc), then calls of
+/// `pace.frames` frames separated by `pace.pause`.
+fn paced(
+    idx: u32,
+    frame: &[u8],
+    pace: Pace,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> Result<(), String> {
+    // SAFETY: PR_SET_TIMERSLACK takes an unsigned long (1 ns) and affects only this
+    // thread's timers.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    let mut ebpf = aya::Ebpf::load(LOADGEN_OBJECT).map_err(|e| format!("loading: {e}"))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("butterfly_loadgen")
+        .ok_or("no program butterfly_loadgen")?
+        .try_into()
+        .map_err(|e| format!("butterfly_loadgen: {e}"))?;
+    prog.load().map_err(|e| format!("loading: {e:?}"))?;
+    let dev = KeepAliveDev::new()?;
+    let dev_idx = butterfly_ebpf::ifindex(&dev.0).map_err(|e| e.to_string())?;
+    let link = prog
+        .attach_to_if_index(dev_idx, XdpMode::Skb)
+        .map_err(|e| format!("attaching to {} (generic mode): {e}", dev.0))?;
+    let repeat = pace.frames.max(1);
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex (u32 each); data_end is the frame length.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&idx.to_ne_bytes());
+    let mut result = Ok(());
+    while !stop.load(Ordering::Acquire) {
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(BATCH.min(repeat)),
+            ..TestRunOptions::new()
+        });
+        match r {
+            Ok(_) => {
+                sent.fetch_add(u64::from(repeat), Ordering::Relaxed);
+            }
+            Err(_) if stop.load(Ordering::Acquire) => {}
+            Err(e) => {
+                result = Err(format!("BPF_PROG_TEST_RUN live frames: {e:?}"));
+                break;
+            }
+        }
+        if pace.pause.is_zero() {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(pace.pause);
+        }
+    }
+    let _ = prog.detach(link);
+    drop(dev);
+    result
 }
 
 impl Drop for Generator {
