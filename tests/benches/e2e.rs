@@ -652,7 +652,9 @@ fn butterfly() -> ButterflyRun {
         dir.path().to_path_buf(),
         bin_dir(),
     );
-    d.extra_args = ["--worker-cpu", &cpu, "--xdp-mode", "native"]
+    // Busy-polling, as a PMD thread: an idle sleep of the worker would let the AF_XDP
+    // ring overflow during the generator's bursts.
+    d.extra_args = ["--worker-cpu", &cpu, "--xdp-mode", "native", "--busy-poll"]
         .map(String::from)
         .to_vec();
     d.start();
