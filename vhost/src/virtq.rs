@@ -935,6 +935,12 @@ mod tests {
         .unwrap()
     }
 
+    /// Pops up to a burst of chains of `q` (guest memory `m`) into `out`, with the default
+    /// virtio-net header; returns the chains consumed.
+    fn pop_all(tx: &mut TxVirtio, q: &mut Queue, m: &GuestMem, p: &Pool, out: &mut Burst) -> usize {
+        tx.pop_frames(q, &GuestMap::new(m), p, NetConfig::default(), 64, out)
+    }
+
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
     }
@@ -1000,17 +1006,7 @@ mod tests {
         assert_eq!(used_elem(&m, &vq, 0), (0, 0));
         assert_eq!(used_elem(&m, &vq, 1), (1, 0));
         // Nothing more.
-        assert_eq!(
-            tx.pop_frames(
-                &mut q,
-                &GuestMap::new(&m),
-                &p,
-                NetConfig::default(),
-                64,
-                &mut out
-            ),
-            0
-        );
+        assert_eq!(pop_all(&mut tx, &mut q, &m, &p, &mut out), 0);
         drop(out);
         assert_eq!(p.available(), 128, "no leaked frames");
     }
@@ -1036,17 +1032,7 @@ mod tests {
         let p = pool();
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
-        assert_eq!(
-            tx.pop_frames(
-                &mut q,
-                &GuestMap::new(&m),
-                &p,
-                NetConfig::default(),
-                64,
-                &mut out
-            ),
-            1
-        );
+        assert_eq!(pop_all(&mut tx, &mut q, &m, &p, &mut out), 1);
         assert_eq!(out[0].data(), &f[..]);
     }
 
@@ -1138,17 +1124,7 @@ mod tests {
         let p = pool();
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
-        assert_eq!(
-            tx.pop_frames(
-                &mut q,
-                &GuestMap::new(&m),
-                &p,
-                NetConfig::default(),
-                64,
-                &mut out
-            ),
-            9
-        );
+        assert_eq!(pop_all(&mut tx, &mut q, &m, &p, &mut out), 9);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].data(), &good[..]);
         let s = tx.stats;
@@ -1184,17 +1160,7 @@ mod tests {
         let p = pool();
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
-        assert_eq!(
-            tx.pop_frames(
-                &mut q,
-                &GuestMap::new(&m),
-                &p,
-                NetConfig::default(),
-                64,
-                &mut out
-            ),
-            1
-        );
+        assert_eq!(pop_all(&mut tx, &mut q, &m, &p, &mut out), 1);
         // 16 descriptors of 4 bytes = 64 bytes: a frame of 52 bytes of whatever was there.
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].len(), 16 * 4 - 12);
@@ -1210,17 +1176,7 @@ mod tests {
         let p = pool();
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
-        assert_eq!(
-            tx.pop_frames(
-                &mut q,
-                &GuestMap::new(&m),
-                &p,
-                NetConfig::default(),
-                64,
-                &mut out
-            ),
-            0
-        );
+        assert_eq!(pop_all(&mut tx, &mut q, &m, &p, &mut out), 0);
         assert_eq!(tx.stats.ring_errors, 1);
     }
 
@@ -1278,31 +1234,11 @@ mod tests {
         .unwrap();
         let mut tx = TxVirtio::default();
         let mut out = Burst::new();
-        assert_eq!(
-            tx.pop_frames(
-                &mut q,
-                &GuestMap::new(&m),
-                &p,
-                NetConfig::default(),
-                64,
-                &mut out
-            ),
-            1
-        );
+        assert_eq!(pop_all(&mut tx, &mut q, &m, &p, &mut out), 1);
         assert_eq!(q.next_avail(), 1);
         drop(out);
         let mut out = Burst::new();
-        assert_eq!(
-            tx.pop_frames(
-                &mut q,
-                &GuestMap::new(&m),
-                &p,
-                NetConfig::default(),
-                64,
-                &mut out
-            ),
-            1
-        );
+        assert_eq!(pop_all(&mut tx, &mut q, &m, &p, &mut out), 1);
         assert_eq!(out[0].data(), &f[..]);
     }
 
