@@ -26,6 +26,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use butterfly_tests::daemon::{self, Host};
+use butterfly_tests::demo::Steps;
 use butterfly_tests::{KillOnDrop, require_root, require_tool};
 
 /// The two hosts, their tap VMs and the VMs' servers (dropped first).
@@ -52,23 +53,6 @@ impl Lab {
             vm.ns.name()
         );
         Ok(i)
-    }
-}
-
-struct Steps {
-    n: usize,
-    failed: Vec<String>,
-}
-
-impl Steps {
-    fn check(&mut self, what: &str, ok: bool, detail: &str) {
-        self.n += 1;
-        if ok {
-            println!("demo: [ok]   {what}");
-        } else {
-            println!("demo: [FAIL] {what}\n{detail}");
-            self.failed.push(what.to_string());
-        }
     }
 }
 
@@ -186,10 +170,7 @@ fn main() -> ExitCode {
         require_tool(t);
     }
     println!("demo: two hosts (network namespaces) joined by a veth underlay, butterflyd on each");
-    let mut steps = Steps {
-        n: 0,
-        failed: Vec::new(),
-    };
+    let mut steps = Steps::default();
     let result = setup().and_then(|mut lab| {
         let r = demo(&mut lab, &mut steps);
         if r.is_err() || !steps.failed.is_empty() {
@@ -201,20 +182,5 @@ fn main() -> ExitCode {
         drop(lab);
         r
     });
-    if let Err(e) = result {
-        println!("demo: [FAIL] {e}");
-        return ExitCode::FAILURE;
-    }
-    if steps.failed.is_empty() {
-        println!("demo: all {} checks passed", steps.n);
-        ExitCode::SUCCESS
-    } else {
-        println!(
-            "demo: {} of {} checks failed: {:?}",
-            steps.failed.len(),
-            steps.n,
-            steps.failed
-        );
-        ExitCode::FAILURE
-    }
+    steps.verdict(result)
 }

@@ -6,6 +6,7 @@
 
 pub mod cpu;
 pub mod daemon;
+pub mod demo;
 pub mod netns;
 pub mod qemu;
 pub mod testpmd;
