@@ -580,22 +580,25 @@ impl LoadGen {
     /// # Errors
     /// [`SteerError::NoInterface`], [`SteerError::Attach`].
     pub fn attach_sink(&mut self, ifname: &str) -> Result<(), SteerError> {
+        self.sink = Some(self.attach_native("butterfly_sink", ifname)?);
+        Ok(())
+    }
+
+    /// Attaches program `prog` of the object in native (driver) mode to `ifname`.
+    fn attach_native(&mut self, prog: &str, ifname: &str) -> Result<XdpLinkId, SteerError> {
         let idx = ifindex(ifname)?;
         let p: &mut Xdp = self
             .ebpf
-            .program_mut("butterfly_sink")
+            .program_mut(prog)
             .expect("loaded")
             .try_into()
             .expect("loaded");
-        let link = p
-            .attach_to_if_index(idx, XdpMode::Driver)
+        p.attach_to_if_index(idx, XdpMode::Driver)
             .map_err(|e| SteerError::Attach {
                 ifname: ifname.to_string(),
                 mode: "native",
                 reason: explain_attach(&e),
-            })?;
-        self.sink = Some(link);
-        Ok(())
+            })
     }
 
     /// Attaches the matching sink (native mode) to `ifname`, counting and dropping what
@@ -621,21 +624,7 @@ impl LoadGen {
                 cfg.set(i as u32, v, 0).map_err(map_err("match_config"))?;
             }
         }
-        let idx = ifindex(ifname)?;
-        let p: &mut Xdp = self
-            .ebpf
-            .program_mut("butterfly_sink_match")
-            .expect("loaded")
-            .try_into()
-            .expect("loaded");
-        let link = p
-            .attach_to_if_index(idx, XdpMode::Driver)
-            .map_err(|e| SteerError::Attach {
-                ifname: ifname.to_string(),
-                mode: "native",
-                reason: explain_attach(&e),
-            })?;
-        self.match_sink = Some(link);
+        self.match_sink = Some(self.attach_native("butterfly_sink_match", ifname)?);
         Ok(())
     }
 
