@@ -684,6 +684,13 @@ impl AfXdp {
             .map_err(err("setsockopt(XDP_RX_RING)"))?;
         setsockopt(raw, libc::SOL_XDP, libc::XDP_TX_RING, &cfg.tx_size)
             .map_err(err("setsockopt(XDP_TX_RING)"))?;
+        // Copy mode turns at most `max_tx_budget` TX descriptors into skbs per sendto (32
+        // by default): let one kick take the whole ring. Linux >= 6.17 only
+        // (XDP_MAX_TX_SKB_BUDGET, 32..=TX ring size); older kernels answer ENOPROTOOPT and
+        // keep 32 per call, which `kick_tx` handles by calling again on EAGAIN.
+        if cfg.tx_size >= 32 {
+            let _ = setsockopt(raw, libc::SOL_XDP, XDP_MAX_TX_SKB_BUDGET, &cfg.tx_size);
+        }
 
         let off: libc::xdp_mmap_offsets = {
             let mut v = std::mem::MaybeUninit::<libc::xdp_mmap_offsets>::zeroed();
@@ -992,18 +999,21 @@ impl AfXdp {
         if self.need_wakeup && !self.tx.needs_wakeup() {
             return;
         }
-        // Copy mode sends at most a small budget per call (EAGAIN when more is left).
+        // Copy mode sends at most its budget per call (EAGAIN when more is left; see
+        // XDP_MAX_TX_SKB_BUDGET), and EBUSY when the device dropped a frame.
         for _ in 0..16 {
             self.stats.wakeups += 1;
-            // SAFETY: a zero-length send on our socket; only kicks the kernel.
+            // SAFETY: a zero-length send on our socket; only kicks the kernel. The raw
+            // system call skips libc's cancellation-point bookkeeping (a kick per burst).
             let r = unsafe {
-                libc::sendto(
+                libc::syscall(
+                    libc::SYS_sendto,
                     self.fd(),
-                    std::ptr::null(),
-                    0,
+                    std::ptr::null::<libc::c_void>(),
+                    0usize,
                     libc::MSG_DONTWAIT,
-                    std::ptr::null(),
-                    0,
+                    std::ptr::null::<libc::sockaddr>(),
+                    0 as libc::socklen_t,
                 )
             };
             if r >= 0 {
@@ -1044,6 +1054,10 @@ impl AfXdp {
         }
     }
 }
+
+/// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, Linux 6.17): descriptors a copy-mode socket
+/// sends per `sendto`. Not in the libc crate yet.
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 
 /// `struct xdp_statistics` (linux/if_xdp.h), with `Default` for getsockopt.
 #[repr(C)]
