@@ -12,7 +12,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use butterfly_tests::daemon::{self, Host};
+use butterfly_tests::daemon::{self, Host, VM_MTU_V4};
 use butterfly_tests::demo::Steps;
 use butterfly_tests::qemu::{Guest, guest_image};
 use butterfly_tests::{require_root, require_tool};
@@ -76,11 +76,16 @@ fn demo(lab: &mut Lab, s: &mut Steps) -> Result<(), String> {
         }
         print!("{}", lab.lab.hosts[h].try_cli(&args)?);
         println!(
-            "        guest {n}: QEMU on {}, MAC {mac}, {ip}/24, VNI {vni}",
+            "        guest {n}: QEMU on {}, MAC {mac}, {ip}/24, VNI {vni}, MTU {VM_MTU_V4}",
             sock.display()
         );
-        lab.guests
-            .push(Guest::start(&id, &sock, &mac, &format!("{ip}/24")));
+        lab.guests.push(Guest::start_mtu(
+            &id,
+            &sock,
+            &mac,
+            &format!("{ip}/24"),
+            Some(VM_MTU_V4),
+        ));
     }
     for g in &mut lab.guests {
         g.wait_for("BF-IDLE", 0, Duration::from_secs(120));

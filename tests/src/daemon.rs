@@ -41,6 +41,11 @@ use crate::{KillOnDrop, Netns, TempDir, Veth, unique_ifname, veth_pair};
 /// How long [`Host::start`] waits for the daemon's API to answer `status`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// MTU butterflyd gives VMs on the labs' 1500-byte IPv4 underlay veths (bytes: 1500 −
+/// 50 of VXLAN encapsulation, RFC 7348 §5); QEMU guests get it with
+/// [`crate::qemu::Guest::start_mtu`].
+pub const VM_MTU_V4: u16 = 1450;
+
 /// MTU [`Host::plug`] gives a tap VM's interface by default ([`Host::tap_vm_mtu`]), in
 /// bytes (below the 1450 a 1500-byte IPv4 underlay leaves for guests).
 pub const TAP_VM_MTU: u32 = 1400;
@@ -413,6 +418,24 @@ impl Host {
     /// When the CLI fails or the counter is missing.
     pub fn try_stat(&self, id: &str, name: &str) -> Result<u64, String> {
         json_counter(&self.try_cli(&["--json", "nic", "stats", id])?, name)
+    }
+
+    /// The VTEP's `drop_too_big` counter (frames whose encapsulation exceeds the underlay
+    /// MTU) from `butterfly status`.
+    ///
+    /// # Panics
+    /// When `status` shows no VTEP counters.
+    pub fn vtep_too_big(&self) -> u64 {
+        let status = self.cli(&["status"]);
+        let line = status
+            .lines()
+            .find(|l| l.contains("\"vtep\" [xlabel="))
+            .unwrap_or_else(|| panic!("no vtep counters in {status}"));
+        json_counter(
+            &line.replace("drop_too_big ", "\"drop_too_big\":"),
+            "drop_too_big",
+        )
+        .unwrap_or_else(|e| panic!("{e}: {line}"))
     }
 
     /// The per-side packet counters of brick `brick` from the graph in `butterfly status

@@ -46,8 +46,19 @@ impl Guest {
     /// # Panics
     /// When the image is missing or QEMU cannot be started.
     pub fn start(name: &str, socket: &Path, mac: &str, ip: &str) -> Guest {
+        Guest::start_mtu(name, socket, mac, ip, None)
+    }
+
+    /// Like [`Guest::start`], and with `mtu` QEMU offers `VIRTIO_NET_F_MTU` with that MTU
+    /// (bytes; `host_mtu=`), so the guest's interface takes it, as a cloud VM's does. The
+    /// vhost-user backend must offer the feature too (butterflyd's NICs do, with the VM
+    /// MTU), or the guest keeps 1500.
+    ///
+    /// # Panics
+    /// As [`Guest::start`].
+    pub fn start_mtu(name: &str, socket: &Path, mac: &str, ip: &str, mtu: Option<u16>) -> Guest {
         let chardev = format!("socket,id=c0,path={},reconnect-ms=200", socket.display());
-        Guest::boot(name, &chardev, mac, ip, "")
+        Guest::launch(name, &chardev, mac, ip, "", mtu)
     }
 
     /// Boots a guest whose NIC is on the vhost-user `-chardev` spec `chardev` (its id must
@@ -57,7 +68,19 @@ impl Guest {
     /// # Panics
     /// When the image is missing or QEMU cannot be started.
     pub fn boot(name: &str, chardev: &str, mac: &str, ip: &str, args: &str) -> Guest {
+        Guest::launch(name, chardev, mac, ip, args, None)
+    }
+
+    fn launch(
+        name: &str,
+        chardev: &str,
+        mac: &str,
+        ip: &str,
+        args: &str,
+        mtu: Option<u16>,
+    ) -> Guest {
         let (kernel, initrd) = guest_image();
+        let host_mtu = mtu.map_or(String::new(), |m| format!(",host_mtu={m}"));
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-nodefaults", "-display", "none"])
             .args(["-serial", "stdio"])
@@ -73,7 +96,7 @@ impl Guest {
             .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
             .args([
                 "-device",
-                &format!("virtio-net-pci,romfile=,netdev=n0,mac={mac}"),
+                &format!("virtio-net-pci,romfile=,netdev=n0,mac={mac}{host_mtu}"),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -418,20 +418,6 @@ fn link_mtu(ns: &butterfly_tests::Netns, dev: &str) -> u32 {
         .unwrap_or_else(|| panic!("bad mtu in {out}"))
 }
 
-/// The VTEP's `drop_too_big` counter in `butterfly status`.
-fn vtep_too_big(h: &butterfly_tests::daemon::Host) -> u64 {
-    let dot = h.cli(&["status"]);
-    let line = dot
-        .lines()
-        .find(|l| l.contains("\"vtep\" [xlabel="))
-        .unwrap_or_else(|| panic!("no vtep counters in {dot}"));
-    butterfly_tests::daemon::json_counter(
-        &line.replace("drop_too_big ", "\"drop_too_big\":"),
-        "drop_too_big",
-    )
-    .unwrap()
-}
-
 #[test]
 fn mtu_vms_get_underlay_minus_50_df_pings_fit_and_the_vtep_drops_bigger() {
     prerequisites();
@@ -490,9 +476,9 @@ fn mtu_vms_get_underlay_minus_50_df_pings_fit_and_the_vtep_drops_bigger() {
     // would make 1478-byte outer packets on host 2's 1400-byte underlay: its VTEP drops
     // and counts them instead of sending them.
     vb.ns.run_ok(&["ip", "link", "set", &vb.id, "mtu", "1450"]);
-    let before = vtep_too_big(&lab.hosts[1]);
+    let before = lab.hosts[1].vtep_too_big();
     assert!(!df(vb, 1400, "10.0.42.1"), "oversized frames crossed");
-    let after = vtep_too_big(&lab.hosts[1]);
+    let after = lab.hosts[1].vtep_too_big();
     assert!(
         after >= before + 2,
         "host 2's VTEP dropped {} of 2 oversized frames",
