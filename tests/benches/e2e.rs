@@ -26,8 +26,9 @@
 //!   on the VM's veth pushes the reverse frames into the bridge port → bridge → nftables
 //!   → vxlan → underlay veth → the same VXLAN sink as Butterfly's.
 //!
-//! Each figure is a counter delta over a 3 s window after a 1 s warm-up: testpmd's
-//! per-second `Rx-pps` for `vxlan_to_vm`, the XDP sinks' `matched` counts otherwise. The
+//! Each figure is the median of 3 back-to-back 2 s windows after a 1 s warm-up (these
+//! machines are noisy; the windows are printed): the median second of testpmd's `Rx-pps`
+//! for butterflyd's `vxlan_to_vm`, the XDP sinks' `matched` counts otherwise. The
 //! bench also reads butterflyd's `nic stats` (firewall and antispoof drops, frames to
 //! and from the VM, the idle NIC's frames: the switch must not flood) and the nftables
 //! rule counters (the kernel's frames went through conntrack as established), prints
@@ -146,7 +147,10 @@ fn cpus() -> Cpus {
     })
 }
 const WARMUP: Duration = Duration::from_secs(1);
-const WINDOW: Duration = Duration::from_secs(3);
+/// One measuring window; each figure is the median of [`ROUNDS`] back-to-back windows.
+const WINDOW: Duration = Duration::from_secs(2);
+/// Windows per figure (the median is reported: these machines are noisy).
+const ROUNDS: u32 = 3;
 /// How long testpmd and the first frames may take on a loaded machine.
 const START: Duration = Duration::from_secs(60);
 
@@ -317,6 +321,8 @@ fn rps(ns: &Netns, dev: &str, cpu: usize) {
 struct Rate {
     mpps: f64,
     dut_load: f64,
+    /// Mpps of each window, in order (the figure is their median).
+    rounds: [f64; ROUNDS as usize],
 }
 
 impl Rate {
@@ -328,6 +334,12 @@ impl Rate {
             0.0
         }
     }
+
+    /// The rounds as `a/b/c`.
+    fn rounds(&self) -> String {
+        let r: Vec<String> = self.rounds.iter().map(|m| format!("{m:.3}")).collect();
+        r.join("/")
+    }
 }
 
 /// CPU-seconds the kernel spent in softirqs on the DUT CPU so far.
@@ -335,16 +347,40 @@ fn kernel_dut_seconds() -> f64 {
     CpuTimes::read(cpus().dut).softirq as f64 * CpuTimes::tick()
 }
 
-/// Measures `count` and `dut_seconds` over the window (call after the warm-up).
+/// Measures `count` and `dut_seconds` over [`ROUNDS`] windows (call after the warm-up):
+/// the window with the median rate.
 fn measure(count: &dyn Fn() -> u64, dut_seconds: &dyn Fn() -> f64) -> Rate {
-    let (c0, t0, s0) = (count(), Instant::now(), dut_seconds());
-    std::thread::sleep(WINDOW);
-    let (c1, t1, s1) = (count(), Instant::now(), dut_seconds());
-    let wall = (t1 - t0).as_secs_f64();
-    Rate {
-        mpps: c1.saturating_sub(c0) as f64 / wall / 1e6,
-        dut_load: (s1 - s0) / wall,
+    let mut windows: Vec<Rate> = (0..ROUNDS)
+        .map(|_| {
+            let (c0, t0, s0) = (count(), Instant::now(), dut_seconds());
+            std::thread::sleep(WINDOW);
+            let (c1, t1, s1) = (count(), Instant::now(), dut_seconds());
+            let wall = (t1 - t0).as_secs_f64();
+            Rate {
+                mpps: c1.saturating_sub(c0) as f64 / wall / 1e6,
+                dut_load: (s1 - s0) / wall,
+                rounds: Default::default(),
+            }
+        })
+        .collect();
+    let mut rounds = [0.0; ROUNDS as usize];
+    for (r, w) in rounds.iter_mut().zip(&windows) {
+        *r = w.mpps;
     }
+    windows.sort_by(|a, b| a.mpps.total_cmp(&b.mpps));
+    Rate {
+        rounds,
+        ..windows[windows.len() / 2]
+    }
+}
+
+/// The median of `v` (0 when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Waits until `count` grows (the first frames got through).
@@ -367,7 +403,11 @@ fn perf_window(tid: i32, name: &str) -> Option<butterfly_tests::KillOnDrop> {
     let child = std::process::Command::new("perf")
         .args(["record", "-q", "-g", "-t", &tid.to_string(), "-o"])
         .arg(&out)
-        .args(["--", "sleep", &format!("{}", WINDOW.as_secs_f64())])
+        .args([
+            "--",
+            "sleep",
+            &format!("{}", (WINDOW * ROUNDS).as_secs_f64()),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -576,9 +616,10 @@ table bridge e2e_antispoof {{
         under_sink.match_counts().unwrap(),
     );
     println!(
-        "e2e: kernel VM → vxlan: {:.3} Mpps, DUT CPU softirq {:.0}% ({:.3} Mpps per \
-         CPU-second), conntrack established +{}",
+        "e2e: kernel VM → vxlan: {:.3} Mpps (windows {}), DUT CPU softirq {:.0}% ({:.3} Mpps \
+         per CPU-second), conntrack established +{}",
         from_vm_rate.mpps,
+        from_vm_rate.rounds(),
         from_vm_rate.dut_load * 100.0,
         from_vm_rate.per_cpu(),
         e1 - e0
@@ -598,10 +639,11 @@ table bridge e2e_antispoof {{
     g.stop().expect("generator");
     check_sink("kernel vxlan → VM", before, vm_sink.match_counts().unwrap());
     println!(
-        "e2e: kernel vxlan → VM: {:.3} Mpps (offered {offered_mpps:.3}, paced generator \
-         sent {sent_mpps:.3}), DUT CPU softirq {:.0}% ({:.3} Mpps per CPU-second), \
+        "e2e: kernel vxlan → VM: {:.3} Mpps (windows {}; offered {offered_mpps:.3}, paced \
+         generator sent {sent_mpps:.3}), DUT CPU softirq {:.0}% ({:.3} Mpps per CPU-second), \
          conntrack established +{}; kund rx_dropped {}",
         to_vm_rate.mpps,
+        to_vm_rate.rounds(),
         to_vm_rate.dut_load * 100.0,
         to_vm_rate.per_cpu(),
         e1 - e0,
@@ -790,7 +832,7 @@ fn butterfly() -> ButterflyRun {
     let perf = perf_window(worker_tid, "vm_to_vxlan");
     let w0 = worker_waited();
     let from_vm_rate = measure(&under_count, &worker_seconds);
-    let from_vm_wait = (worker_waited() - w0) / WINDOW.as_secs_f64();
+    let from_vm_wait = (worker_waited() - w0) / (WINDOW * ROUNDS).as_secs_f64();
     if let Some(p) = perf {
         p.wait_output();
     }
@@ -804,11 +846,12 @@ fn butterfly() -> ButterflyRun {
         under_sink.match_counts().unwrap(),
     );
     println!(
-        "e2e: butterfly VM → vxlan: {:.3} Mpps, worker on CPU {:.0}%, waiting for it {:.0}% \
-         ({:.3} Mpps per CPU-second); testpmd offered {tx_offered:.3} Mpps (over the whole \
+        "e2e: butterfly VM → vxlan: {:.3} Mpps (windows {}), worker on CPU {:.0}%, waiting \
+         for it {:.0}% ({:.3} Mpps per CPU-second); testpmd offered {tx_offered:.3} Mpps (over the whole \
          run it sent {pmd_sent} frames and found the virtqueue full for {pmd_full} more); \
          vm rx +{}, firewall+antispoof drops +{}",
         from_vm_rate.mpps,
+        from_vm_rate.rounds(),
         from_vm_rate.dut_load * 100.0,
         from_vm_wait * 100.0,
         from_vm_rate.per_cpu(),
@@ -850,7 +893,7 @@ fn butterfly() -> ButterflyRun {
     let (o0, sent0) = (offered(&d.ns, "bdut"), g.frames_sent());
     let ring_full0 = veth_stat(&d.ns, "bdut", "drops");
     let (pmd0, me0) = (thread_times(pmd.pid()), thread_times(std::process::id()));
-    std::thread::sleep(WINDOW);
+    std::thread::sleep(WINDOW * ROUNDS);
     let (t1, s1, w1) = (Instant::now(), worker_seconds(), worker_waited());
     let secs = (t1 - t0).as_secs_f64();
     let offered_mpps = (offered(&d.ns, "bdut") - o0) as f64 / secs / 1e6;
@@ -863,9 +906,11 @@ fn butterfly() -> ButterflyRun {
         thread_report(&me0, &thread_times(std::process::id()), secs)
     );
     let n1 = nics(&d);
+    // testpmd prints Rx-pps once a second: the median second of the windows.
     let to_vm_rate = Rate {
-        mpps: pmd.mean_rate("Rx-pps:", from) / 1e6,
+        mpps: median(pmd.samples("Rx-pps:", from)) / 1e6,
         dut_load: (s1 - s0) / (t1 - t0).as_secs_f64(),
+        rounds: Default::default(),
     };
     if let Some(p) = perf {
         p.wait_output();
