@@ -38,8 +38,8 @@
 //! Default on 2 CPUs: CPU 1 is the device under test (DUT); CPU 0 makes and takes the
 //! traffic. With 3 CPUs or more the VM side (testpmd, the kernel VM's sink) gets CPU 2.
 //! `E2E_GEN_CPU`, `E2E_DUT_CPU`, `E2E_VM_CPU` override.
-//! - Butterfly: the worker is pinned to the DUT CPU (`--worker-cpu`; it polls, and
-//!   sleeps at most 0.5 ms when idle). The generator thread is pinned to CPU 0, testpmd
+//! - Butterfly: the worker is pinned to the DUT CPU (`--worker-cpu`) and busy-polls
+//!   (`--busy-poll`, as DPDK's lcores do). The generator thread is pinned to CPU 0, testpmd
 //!   (both lcores) to the VM CPU. veth runs the receiving end's NAPI on the sending CPU,
 //!   so the XDP steering program and the copy into the UMEM run on CPU 0 (as a NIC's
 //!   DMA would); AF_XDP TX runs in the worker's `sendto` on the DUT CPU.
