@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use butterfly_tests::daemon::{self, Host};
-use butterfly_tests::demo::Steps;
+use butterfly_tests::demo::{self, Steps};
 use butterfly_tests::{KillOnDrop, require_root, require_tool};
 
 /// The two hosts, their tap VMs and the VMs' servers (dropped first).
@@ -57,24 +57,13 @@ impl Lab {
 }
 
 fn setup() -> Result<Lab, String> {
-    let mut lab = daemon::Lab::with_bins(
-        "demo",
-        ["10.99.0.1", "10.99.0.2"],
-        &daemon::bin_dir_unbuilt(),
-    );
-    lab.echo(true);
-    lab.try_start()?;
     Ok(Lab {
         servers: Vec::new(),
-        lab,
+        lab: demo::start_lab()?,
     })
 }
 
 fn demo(lab: &mut Lab, s: &mut Steps) -> Result<(), String> {
-    println!("demo: security group 'web' (ICMP and TCP/5000 in) on both hosts");
-    for h in &lab.lab.hosts {
-        h.try_web_sg()?;
-    }
     println!("demo: VMs (tap NICs in their own network namespaces standing in for guests)");
     let trace = lab.lab.dir.join("vm1.pcap");
     let trace_s = trace.to_string_lossy().into_owned();

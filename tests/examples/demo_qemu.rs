@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use butterfly_tests::daemon::{self, Host, VM_MTU_V4};
-use butterfly_tests::demo::Steps;
+use butterfly_tests::demo::{self, Steps};
 use butterfly_tests::qemu::{Guest, guest_image};
 use butterfly_tests::{require_root, require_tool};
 
@@ -24,24 +24,13 @@ struct Lab {
 }
 
 fn setup() -> Result<Lab, String> {
-    let mut lab = daemon::Lab::with_bins(
-        "demo",
-        ["10.99.0.1", "10.99.0.2"],
-        &daemon::bin_dir_unbuilt(),
-    );
-    lab.echo(true);
-    lab.try_start()?;
     Ok(Lab {
         guests: Vec::new(),
-        lab,
+        lab: demo::start_lab()?,
     })
 }
 
 fn demo(lab: &mut Lab, s: &mut Steps) -> Result<(), String> {
-    println!("demo: security group 'web' (ICMP and TCP/5000 in) on both hosts");
-    for h in &lab.lab.hosts {
-        h.try_web_sg()?;
-    }
     println!("demo: QEMU guests on vhost-user");
     let trace = lab.lab.dir.join("guest1.pcap");
     let trace_s = trace.to_string_lossy().into_owned();

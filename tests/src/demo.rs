@@ -3,6 +3,29 @@
 
 use std::process::ExitCode;
 
+use crate::daemon;
+
+/// The demos' two hosts (underlay 10.99.0.1 and .2), running the binaries next to the
+/// demo, with every CLI command echoed, and the security group `web` (ICMP and TCP/5000
+/// in) created on both.
+///
+/// # Errors
+/// When a daemon does not start or a CLI command fails.
+pub fn start_lab() -> Result<daemon::Lab, String> {
+    let mut lab = daemon::Lab::with_bins(
+        "demo",
+        ["10.99.0.1", "10.99.0.2"],
+        &daemon::bin_dir_unbuilt(),
+    );
+    lab.echo(true);
+    lab.try_start()?;
+    println!("demo: security group 'web' (ICMP and TCP/5000 in) on both hosts");
+    for h in &lab.hosts {
+        h.try_web_sg()?;
+    }
+    Ok(lab)
+}
+
 /// The checks of one demo run.
 #[derive(Debug, Default)]
 pub struct Steps {
