@@ -104,7 +104,7 @@ use butterfly_tests::cpu::{
     CpuTimes, thread_cpu_ns, thread_named, thread_report, thread_times, thread_wait_ns,
 };
 use butterfly_tests::daemon::{Host, bin_dir};
-use butterfly_tests::testpmd::Testpmd;
+use butterfly_tests::testpmd::{self, Testpmd};
 use butterfly_tests::xdpgen::{Generator, Pace, install_stop_signal};
 use butterfly_tests::{Netns, TempDir, require_root, require_tool};
 
@@ -363,10 +363,7 @@ fn measure(count: &dyn Fn() -> u64, dut_seconds: &dyn Fn() -> f64) -> Rate {
             }
         })
         .collect();
-    let mut rounds = [0.0; ROUNDS as usize];
-    for (r, w) in rounds.iter_mut().zip(&windows) {
-        *r = w.mpps;
-    }
+    let rounds = std::array::from_fn(|i| windows[i].mpps);
     windows.sort_by(|a, b| a.mpps.total_cmp(&b.mpps));
     Rate {
         rounds,
@@ -963,16 +960,12 @@ fn butterfly() -> ButterflyRun {
 /// testpmd's totals at exit (`Accumulated forward statistics`): frames sent, and frames
 /// it dropped because the virtqueue was full (`TX-dropped`, txonly); 0 when absent.
 fn tx_totals(out: &str) -> (u64, u64) {
-    let Some(line) = out.lines().rev().find(|l| l.contains("TX-dropped:")) else {
-        return (0, 0);
-    };
-    let field = |name: &str| {
-        line.split(name)
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.contains("TX-dropped:"))
+        .unwrap_or("");
+    let field = |key| testpmd::values(line, key).first().map_or(0, |v| *v as u64);
     (field("TX-packets:"), field("TX-dropped:"))
 }
 

@@ -144,16 +144,7 @@ impl Testpmd {
     /// The numbers printed after `key` (e.g. `"Rx-pps:"`) from output byte `from` on.
     pub fn samples(&self, key: &str, from: usize) -> Vec<f64> {
         let o = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        let tail = o.get(from..).unwrap_or("");
-        tail.match_indices(key)
-            .filter_map(|(i, _)| {
-                tail[i + key.len()..]
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect()
+        values(o.get(from..).unwrap_or(""), key)
     }
 
     /// Mean of the `key` values printed after byte `from` (0 when none): with
@@ -228,6 +219,19 @@ impl Testpmd {
         }
         // KillOnDrop kills and reaps.
     }
+}
+
+/// The numbers that follow `key` (e.g. `"Rx-pps:"`) in testpmd output `text`, in order.
+pub fn values(text: &str, key: &str) -> Vec<f64> {
+    text.match_indices(key)
+        .filter_map(|(i, _)| {
+            text[i + key.len()..]
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 impl Drop for Testpmd {
